@@ -1,3 +1,9 @@
 """stcore_jax: Sentence Transformers training in JAX/Flax."""
 
 __version__ = "0.1.0"
+
+from stcore_jax.models import Dense, Normalize, Pooling, Transformer  # noqa: E402
+from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
+from stcore_jax.similarity import SimilarityFunction  # noqa: E402
+
+__all__ = ["Dense", "Normalize", "Pooling", "SentenceTransformer", "SimilarityFunction", "Transformer"]

@@ -1,5 +1,6 @@
 """Utilities: STS file reading, quantization, semantic search."""
 
+from stcore_jax.util.quantization import quantize_embeddings
 from stcore_jax.util.stsb import read_sts
 
-__all__ = ["read_sts"]
+__all__ = ["quantize_embeddings", "read_sts"]

@@ -1,0 +1,202 @@
+"""What every loss shares: the base class, similarity lookup by name, masked reductions.
+
+A loss in this package is two things:
+
+* a **pure function** over per-column embeddings (``[B, D]`` arrays) and labels that returns a
+  float32 scalar (or a dict of named float32 scalars). It never calls a model and contains no
+  collectives: under ``jax.jit`` on batch-sharded inputs the compiler inserts whatever communication
+  the math needs.
+* a thin **class** with the sentence-transformers name and constructor. It holds the
+  hyperparameters (and the ``model`` argument, which it stores but never calls), says which input
+  columns and labels it accepts (:meth:`Loss.validate_columns`), and maps
+  ``compute_loss_from_embeddings(embeddings, labels, **context)`` onto the pure function.
+
+Context keywords understood by ``compute_loss_from_embeddings`` (all optional):
+
+``mask``
+    ``[B] bool``: rows that are real data. The trainer pads partial batches to a static batch
+    size; padded rows are left out of every loss (as anchors *and* as in-batch candidates) and of
+    every mean. ``None`` means all rows are real.
+``params``
+    The loss's own trainable parameters (:meth:`Loss.init_params`), e.g. SoftmaxLoss's classifier.
+``key``
+    A ``jax.random`` key, needed only by modifiers that sample (``MatryoshkaLoss(n_dims_per_step>0)``,
+    ``AdaptiveLayerLoss``).
+``num_shards``
+    The data-parallel degree of the batch axis (static). In-batch-negative losses with
+    ``gather_across_devices=False`` score each shard's anchors only against that shard's candidates.
+``guide_embeddings``
+    ``GISTEmbedLoss`` only: the guide model's embeddings, one ``[B, D_guide]`` array per column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from stcore_jax import similarity as sim
+
+# A finite stand-in for -inf in masked logits. exp() of it underflows to exactly 0, so values match
+# the reference's -inf masking, but a row that is masked entirely stays finite: no NaN gradients
+# leak through ``jnp.where`` for padded rows.
+NEG = -1e30
+
+CONTEXT_KEYS = frozenset({"mask", "params", "key", "num_shards", "guide_embeddings"})
+
+Array = jax.Array
+
+_MATRIX_NAMES: dict[str, Callable] = {
+    "cos_sim": sim.cos_sim,
+    "pytorch_cos_sim": sim.cos_sim,
+    "cosine": sim.cos_sim,
+    "dot_score": sim.dot_score,
+    "dot": sim.dot_score,
+    "euclidean_sim": sim.euclidean_sim,
+    "euclidean": sim.euclidean_sim,
+    "manhattan_sim": sim.manhattan_sim,
+    "manhattan": sim.manhattan_sim,
+}
+_PAIRWISE_NAMES: dict[str, Callable] = {
+    "pairwise_cos_sim": sim.pairwise_cos_sim,
+    "cosine": sim.pairwise_cos_sim,
+    "pairwise_dot_score": sim.pairwise_dot_score,
+    "dot": sim.pairwise_dot_score,
+    "pairwise_euclidean_sim": sim.pairwise_euclidean_sim,
+    "euclidean": sim.pairwise_euclidean_sim,
+    "pairwise_manhattan_sim": sim.pairwise_manhattan_sim,
+    "manhattan": sim.pairwise_manhattan_sim,
+    "pairwise_angle_sim": sim.pairwise_angle_sim,
+}
+
+
+def resolve_similarity(fn: Callable | str, *, pairwise: bool = False) -> Callable:
+    """Return a similarity function given as a callable, a function name (``"cos_sim"``,
+    ``"pairwise_dot_score"``) or a :class:`~stcore_jax.similarity.SimilarityFunction` value."""
+    if callable(fn) and not isinstance(fn, str):
+        return fn
+    name = fn.value if isinstance(fn, sim.SimilarityFunction) else str(fn)
+    table = _PAIRWISE_NAMES if pairwise else _MATRIX_NAMES
+    if name not in table:
+        kind = "pairwise similarity" if pairwise else "similarity"
+        raise ValueError(f"Unknown {kind} function {fn!r}; expected a callable or one of {sorted(table)}.")
+    return table[name]
+
+
+def similarity_fct_name(fn: Callable | str) -> str:
+    return fn if isinstance(fn, str) else getattr(fn, "__name__", type(fn).__name__)
+
+
+def f32(x) -> Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def row_mask(mask, batch_size: int) -> Array:
+    """``[B] bool`` validity mask (all True when ``mask`` is None)."""
+    if mask is None:
+        return jnp.ones((batch_size,), bool)
+    mask = jnp.asarray(mask, bool).reshape(-1)
+    if mask.shape[0] != batch_size:
+        raise ValueError(f"mask has {mask.shape[0]} rows but the batch has {batch_size}.")
+    return mask
+
+
+def masked_mean(values: Array, mask=None) -> Array:
+    """Mean of ``values`` over its leading (row) axis and any trailing axes, counting only valid rows.
+
+    With ``mask=None`` this is exactly ``values.mean()``.
+    """
+    values = f32(values)
+    if mask is None:
+        return jnp.mean(values)
+    m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (values.ndim - 1))
+    per_row = values[0].size if values.ndim > 1 else 1
+    return jnp.sum(values * m) / (jnp.maximum(jnp.sum(m), 1.0) * per_row)
+
+
+def masked_sum(values: Array, mask=None) -> Array:
+    values = f32(values)
+    if mask is None:
+        return jnp.sum(values)
+    m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (values.ndim - 1))
+    return jnp.sum(values * m)
+
+
+def check_context(loss_name: str, context: dict[str, Any]) -> None:
+    unknown = set(context) - CONTEXT_KEYS
+    if unknown:
+        raise TypeError(f"{loss_name}.compute_loss_from_embeddings got unknown keyword(s) {sorted(unknown)}; "
+                        f"known: {sorted(CONTEXT_KEYS)}.")
+
+
+class Loss:
+    """Base class: hyperparameter holder + column/label contract + call into a pure function.
+
+    Subclasses set ``min_inputs``/``max_inputs`` (``None`` = unbounded), ``label`` (``"required"``,
+    ``"none"`` or ``"optional"``), ``inputs_doc``/``label_doc`` (human descriptions used in error
+    messages) and implement :meth:`compute_loss_from_embeddings`.
+    """
+
+    min_inputs: int = 1
+    max_inputs: int | None = None
+    label: str = "none"
+    inputs_doc: str = ""
+    label_doc: str = "a label column"
+
+    def __init__(self, model=None) -> None:
+        # Stored for API compatibility (the trainer reads e.g. the embedding dimension from it);
+        # the pure loss functions never call it.
+        self.model = model
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    # --- contract -----------------------------------------------------------------------------
+    def label_rule(self, num_inputs: int) -> str:
+        """``"required"``, ``"none"`` or ``"optional"`` for a batch with ``num_inputs`` columns."""
+        return self.label
+
+    def validate_columns(self, num_inputs: int, has_label: bool) -> None:
+        """Raise ``ValueError`` (naming this loss and what it expects) if the dataset does not fit."""
+        lo, hi = self.min_inputs, self.max_inputs
+        if num_inputs < lo or (hi is not None and num_inputs > hi):
+            if hi is None:
+                count = f"at least {lo} input column{'s' if lo != 1 else ''}"
+            elif lo == hi:
+                count = f"exactly {lo} input column{'s' if lo != 1 else ''}"
+            else:
+                count = f"between {lo} and {hi} input columns"
+            raise ValueError(f"{self.name} expects {count} {self.inputs_doc}, but the dataset has {num_inputs}.")
+        rule = self.label_rule(num_inputs)
+        if rule == "required" and not has_label:
+            raise ValueError(f"{self.name} needs {self.label_doc} (a column named label/labels/score/scores), "
+                             f"but the dataset has none.")
+        if rule == "none" and has_label:
+            raise ValueError(f"{self.name} takes no label, but the dataset has a label column "
+                             f"(label/labels/score/scores); remove it or pick a loss that uses labels.")
+
+    # --- parameters and randomness ---------------------------------------------------------------
+    def init_params(self, rng) -> dict:
+        """The loss's trainable parameters (a pytree; empty for most losses)."""
+        return {}
+
+    @property
+    def needs_key(self) -> bool:
+        """Whether ``compute_loss_from_embeddings`` needs a ``key=`` (random sub-sampling)."""
+        return False
+
+    # --- computation ---------------------------------------------------------------------------
+    def compute_loss_from_embeddings(self, embeddings: Sequence[Array], labels=None, **context):
+        raise NotImplementedError
+
+    def __call__(self, embeddings: Sequence[Array], labels=None, **context):
+        return self.compute_loss_from_embeddings(embeddings, labels, **context)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.get_config_dict()})"

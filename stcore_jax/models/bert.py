@@ -1,0 +1,143 @@
+"""BERT-family encoder (BERT, MiniLM, BGE, E5, GTE-style; RoBERTa/XLM-R via ``roberta.py``).
+
+Attribute names mirror the Hugging Face PyTorch module tree, so the parameter path *is* the weight
+key: ``encoder.layer.{i}.attention.self.query.kernel`` <-> ``encoder.layer.{i}.attention.self.query.weight``
+(see ``stcore_jax/io/hf_keys.py`` for the leaf renames). That naming is the key table, read in both
+directions by the loader and the exporter.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from stcore_jax.models.config import EncoderConfig
+from stcore_jax.models.layers import (
+    activation,
+    attention,
+    dropout,
+    embed,
+    fold,
+    layer_norm,
+    linear,
+    merge_heads,
+    split_heads,
+)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.word_embeddings = embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.position_embeddings = embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        if cfg.type_vocab_size > 0:
+            self.token_type_embeddings = embed(cfg.type_vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        else:
+            self.token_type_embeddings = None
+        self.LayerNorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=cfg.dtype, rngs=rngs)
+        self.rate = cfg.hidden_dropout_prob
+
+    def __call__(self, input_ids_bt, position_ids_bt, token_type_ids_bt, key):
+        x = self.word_embeddings(input_ids_bt) + self.position_embeddings(position_ids_bt)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids_bt)
+        return dropout(self.LayerNorm(x), self.rate, key)
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.query = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.key = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.value = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.num_heads = cfg.num_attention_heads
+        self.rate = cfg.attention_probs_dropout_prob
+
+    def __call__(self, x_btd, mask_bt, key):
+        h = self.num_heads
+        q, k, v = (split_heads(f(x_btd), h) for f in (self.query, self.key, self.value))
+        return merge_heads(attention(q, k, v, mask_bt, dropout_rate=self.rate, key=key))
+
+
+class BertResidualOutput(nnx.Module):
+    """``dense`` -> dropout -> ``LayerNorm(x + residual)``; HF's BertSelfOutput / BertOutput."""
+
+    def __init__(self, din: int, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.dense = linear(din, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=cfg.dtype, rngs=rngs)
+        self.rate = cfg.hidden_dropout_prob
+
+    def __call__(self, x, residual, key):
+        return self.LayerNorm(dropout(self.dense(x), self.rate, key) + residual)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(cfg, rngs)
+        self.output = BertResidualOutput(cfg.hidden_size, cfg, rngs)
+
+    def __call__(self, x_btd, mask_bt, key):
+        return self.output(self.self(x_btd, mask_bt, fold(key, 0)), x_btd, fold(key, 1))
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.dense = linear(cfg.hidden_size, cfg.intermediate_size, dtype=cfg.dtype, rngs=rngs)
+        self.act = activation(cfg.hidden_act)
+
+    def __call__(self, x):
+        return self.act(self.dense(x))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.attention = BertAttention(cfg, rngs)
+        self.intermediate = BertIntermediate(cfg, rngs)
+        self.output = BertResidualOutput(cfg.intermediate_size, cfg, rngs)
+
+    def __call__(self, x_btd, mask_bt, key):
+        a = self.attention(x_btd, mask_bt, fold(key, 0))
+        return self.output(self.intermediate(a), a, fold(key, 1))
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+
+
+class BertModel(nnx.Module):
+    """BERT encoder: ``(input_ids, attention_mask, token_type_ids) -> hidden states``.
+
+    Call signature (shared by all our encoders):
+        input_ids: [B, T] int32; attention_mask: [B, T] (1 = token, 0 = padding);
+        token_type_ids: [B, T] or None; dropout_key: PRNG key or None (deterministic);
+        output_hidden_states: also return every layer's output (embeddings first).
+    Returns a dict with ``last_hidden_state`` [B, T, H] (compute dtype) and optionally
+    ``hidden_states`` (a tuple of num_layers + 1 arrays [B, T, H]).
+    """
+
+    roberta_positions = False
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.embeddings = BertEmbeddings(cfg, rngs)
+        self.encoder = BertEncoder(cfg, rngs)
+        self.pad_token_id = cfg.pad_token_id
+
+    def position_ids(self, input_ids_bt):
+        if self.roberta_positions:
+            # fairseq positions: count real tokens from padding_idx + 1; padding keeps padding_idx.
+            real = (input_ids_bt != self.pad_token_id).astype(jnp.int32)
+            return jnp.cumsum(real, axis=1) * real + self.pad_token_id
+        return jnp.broadcast_to(jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32), input_ids_bt.shape)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, self.position_ids(input_ids), token_type_ids, fold(dropout_key, 0))
+        hidden = [x]
+        for i, layer in enumerate(self.encoder.layer):
+            x = layer(x, attention_mask, fold(dropout_key, i + 1))
+            hidden.append(x)
+        out = {"last_hidden_state": x}
+        if output_hidden_states:
+            out["hidden_states"] = tuple(hidden)
+        return out

@@ -1,0 +1,86 @@
+"""DistilBERT encoder; names mirror Hugging Face's ``DistilBertModel`` (``transformer.layer.{i}.…``)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from stcore_jax.models.config import EncoderConfig
+from stcore_jax.models.layers import activation, attention, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
+
+
+class DistilBertEmbeddings(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.word_embeddings = embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.position_embeddings = embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.LayerNorm = layer_norm(cfg.hidden_size, 1e-12, dtype=cfg.dtype, rngs=rngs)
+        self.rate = cfg.hidden_dropout_prob
+
+    def __call__(self, input_ids_bt, key):
+        pos = jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32)[None, :]
+        x = self.word_embeddings(input_ids_bt) + self.position_embeddings(pos)
+        return dropout(self.LayerNorm(x), self.rate, key)
+
+
+class DistilBertSelfAttention(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.q_lin = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.k_lin = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.v_lin = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.out_lin = linear(d, d, dtype=cfg.dtype, rngs=rngs)
+        self.num_heads = cfg.num_attention_heads
+        self.rate = cfg.attention_probs_dropout_prob
+
+    def __call__(self, x_btd, mask_bt, key):
+        h = self.num_heads
+        q, k, v = (split_heads(f(x_btd), h) for f in (self.q_lin, self.k_lin, self.v_lin))
+        return self.out_lin(merge_heads(attention(q, k, v, mask_bt, dropout_rate=self.rate, key=key)))
+
+
+class DistilBertFFN(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.lin1 = linear(cfg.hidden_size, cfg.intermediate_size, dtype=cfg.dtype, rngs=rngs)
+        self.lin2 = linear(cfg.intermediate_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs)
+        self.act = activation(cfg.hidden_act)
+        self.rate = cfg.hidden_dropout_prob
+
+    def __call__(self, x, key):
+        return dropout(self.lin2(self.act(self.lin1(x))), self.rate, key)
+
+
+class DistilBertBlock(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.attention = DistilBertSelfAttention(cfg, rngs)
+        self.sa_layer_norm = layer_norm(cfg.hidden_size, 1e-12, dtype=cfg.dtype, rngs=rngs)
+        self.ffn = DistilBertFFN(cfg, rngs)
+        self.output_layer_norm = layer_norm(cfg.hidden_size, 1e-12, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, x_btd, mask_bt, key):
+        # HF DistilBERT has no dropout on the attention output before the residual.
+        a = self.sa_layer_norm(self.attention(x_btd, mask_bt, fold(key, 0)) + x_btd)
+        return self.output_layer_norm(self.ffn(a, fold(key, 1)) + a)
+
+
+class DistilBertTransformer(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.layer = nnx.List([DistilBertBlock(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+
+
+class DistilBertModel(nnx.Module):
+    """DistilBERT encoder; same call signature and outputs as :class:`stcore_jax.models.bert.BertModel`."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.embeddings = DistilBertEmbeddings(cfg, rngs)
+        self.transformer = DistilBertTransformer(cfg, rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
+        x = self.embeddings(input_ids, fold(dropout_key, 0))
+        hidden = [x]
+        for i, layer in enumerate(self.transformer.layer):
+            x = layer(x, attention_mask, fold(dropout_key, i + 1))
+            hidden.append(x)
+        out = {"last_hidden_state": x}
+        if output_hidden_states:
+            out["hidden_states"] = tuple(hidden)
+        return out

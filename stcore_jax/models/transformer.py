@@ -1,0 +1,195 @@
+"""Transformer: tokenizer + Flax NNX encoder, the pipeline's input module (sentence-transformers ``Transformer``).
+
+The encoder crosses into plain pytrees once: ``graphdef`` (static structure) is kept here and the
+parameters live in ``self.params`` as a nested dict of arrays; ``apply`` merges them inside whatever
+transformation runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from stcore_jax.io.hf_keys import hf_to_params, params_to_hf
+from stcore_jax.io.safetensors_io import load_safetensors, save_safetensors
+from stcore_jax.models.config import EncoderConfig
+from stcore_jax.models.module import Module, ensure_dir, read_json, write_json
+from stcore_jax.models.registry import encoder_class
+
+ST_CONFIG_NAMES = [
+    "sentence_bert_config.json",
+    "sentence_roberta_config.json",
+    "sentence_distilbert_config.json",
+    "sentence_camembert_config.json",
+    "sentence_albert_config.json",
+    "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+]
+
+
+def _load_tokenizer(path, processor_kwargs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, **(processor_kwargs or {}))
+
+
+def _lowercase_tokenizer(tokenizer):
+    """Prepend a Lowercase normalizer unless the fast tokenizer already lowercases."""
+    from tokenizers.normalizers import Lowercase, Sequence
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is not None and "Lowercase" in repr(current) or '"lowercase": true' in json.dumps(
+        json.loads(backend.to_str()).get("normalizer") or {}
+    ).lower():
+        return
+    backend.normalizer = Sequence([Lowercase()] + ([current] if current is not None else []))
+
+
+class Transformer(Module):
+    """``Transformer(model_name_or_path, max_seq_length=None, do_lower_case=False, ...)``.
+
+    Args:
+      model_name_or_path: a local Hugging Face checkpoint directory (config.json, model.safetensors,
+        tokenizer files).
+      max_seq_length: truncation length; default ``min(tokenizer.model_max_length, max_position_embeddings)``.
+      do_lower_case: lowercase inputs (adds a Lowercase normalizer to the fast tokenizer).
+      compute_dtype: activation dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+    """
+
+    config_keys = ["max_seq_length", "do_lower_case"]
+    st_type = "sentence_transformers.models.Transformer"
+
+    def __init__(self, model_name_or_path, max_seq_length=None, do_lower_case=False, model_kwargs=None,
+                 processor_kwargs=None, config_kwargs=None, tokenizer_kwargs=None, compute_dtype=jnp.float32,
+                 tokenizer_name_or_path=None, cache_dir=None, backend="torch", **unused):
+        path = str(model_name_or_path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"Transformer: {path!r} is not a directory")
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise FileNotFoundError(f"Transformer: no config.json in {path!r}; is this a Hugging Face checkpoint?")
+        hf_cfg = read_json(cfg_path)
+        hf_cfg.update(config_kwargs or {})
+        cls = encoder_class(hf_cfg.get("model_type"), where=cfg_path)
+        self.config = EncoderConfig.from_hf(hf_cfg, dtype=compute_dtype)
+        self.encoder_cls = cls
+        # Build the structure without materialising random weights, then fill it from the checkpoint.
+        abstract = nnx.eval_shape(lambda: cls(self.config, nnx.Rngs(0)))
+        self.graphdef, abstract_state = nnx.split(abstract)
+        abstract_params = nnx.to_pure_dict(abstract_state)
+        tensors = load_safetensors(path)  # raises a clear error before anything else happens
+        params, self.extra_tensors = hf_to_params(tensors, abstract_params, source=os.path.join(path, "model.safetensors"))
+        self.params = jax.tree_util.tree_map(jnp.asarray, params)
+
+        self.tokenizer = _load_tokenizer(tokenizer_name_or_path or path, processor_kwargs or tokenizer_kwargs)
+        if max_seq_length is None:
+            max_seq_length = min(self.tokenizer.model_max_length, self.config.max_position_embeddings)
+            if self.config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+                # positions start at padding_idx + 1, so two position slots are unusable
+                max_seq_length = min(max_seq_length, self.config.max_position_embeddings - 2)
+        self.max_seq_length = int(max_seq_length)
+        self.do_lower_case = bool(do_lower_case)
+        if self.do_lower_case:
+            _lowercase_tokenizer(self.tokenizer)
+        self.source_path = path
+
+    # -- tokenization -------------------------------------------------------------------------
+    def tokenize_ids(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        """Token ids per text, truncated to ``max_seq_length``, unpadded."""
+        enc = self.tokenizer(
+            list(texts), padding=False, truncation="longest_first", max_length=self.max_seq_length,
+            return_attention_mask=False,
+        )
+        out = {"input_ids": enc["input_ids"]}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def pad(self, ids: dict[str, list[list[int]]], length: int, batch_size: int) -> dict[str, np.ndarray]:
+        """Pad (right) to ``[batch_size, length]``; extra rows are all padding (mask 0)."""
+        pad_id = self.tokenizer.pad_token_id or 0
+        rows = ids["input_ids"]
+        input_ids = np.full((batch_size, length), pad_id, dtype=np.int32)
+        mask = np.zeros((batch_size, length), dtype=np.int32)
+        types = np.zeros((batch_size, length), dtype=np.int32)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+            if "token_type_ids" in ids:
+                types[i, : len(r)] = ids["token_type_ids"][i]
+        out = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in ids:
+            out["token_type_ids"] = types
+        return out
+
+    def tokenize(self, texts: list[str], length: int | None = None) -> dict[str, np.ndarray]:
+        """Tokenize and pad to the longest input (or ``length``), like the reference ``tokenize``."""
+        ids = self.tokenize_ids(texts)
+        longest = max((len(r) for r in ids["input_ids"]), default=0)
+        return self.pad(ids, length or longest, len(texts))
+
+    # -- forward ------------------------------------------------------------------------------
+    def apply(self, params, features, *, dropout_key=None, output_hidden_states=False):
+        model = nnx.merge(self.graphdef, params)
+        out = model(
+            features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
+            dropout_key=dropout_key, output_hidden_states=output_hidden_states,
+        )
+        features = dict(features)
+        features["token_embeddings"] = out["last_hidden_state"]
+        if output_hidden_states:
+            features["all_layer_embeddings"] = out["hidden_states"]
+        return features
+
+    def get_embedding_dimension(self):
+        return self.config.hidden_size
+
+    # -- save / load --------------------------------------------------------------------------
+    def hf_state_dict(self, params=None) -> dict[str, np.ndarray]:
+        tensors = dict(self.extra_tensors)
+        tensors.update(params_to_hf(jax.device_get(self.params if params is None else params)))
+        return tensors
+
+    def save(self, path, params=None):
+        ensure_dir(path)
+        hf_cfg = dict(self.config.hf)
+        hf_cfg.setdefault("architectures", [self.encoder_cls.__name__])
+        write_json(os.path.join(path, "config.json"), hf_cfg)
+        save_safetensors(self.hf_state_dict(params), os.path.join(path, "model.safetensors"))
+        self.tokenizer.save_pretrained(path)
+        tok_cfg_path = os.path.join(path, "tokenizer_config.json")
+        if os.path.isfile(tok_cfg_path):
+            tok_cfg = read_json(tok_cfg_path)
+            tok_cfg["model_max_length"] = self.max_seq_length
+            write_json(tok_cfg_path, tok_cfg)
+        write_json(os.path.join(path, "sentence_bert_config.json"),
+                   {"max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case})
+
+    @classmethod
+    def load(cls, path, **kwargs):
+        st_cfg = {}
+        for name in ST_CONFIG_NAMES:
+            p = os.path.join(path, name)
+            if os.path.isfile(p):
+                st_cfg = read_json(p)
+                break
+        args = {k: st_cfg[k] for k in ("max_seq_length", "do_lower_case") if k in st_cfg}
+        for k in ("model_args", "tokenizer_args", "config_args"):  # legacy names
+            if k in st_cfg:
+                args[{"model_args": "model_kwargs", "tokenizer_args": "processor_kwargs", "config_args": "config_kwargs"}[k]] = st_cfg[k]
+        for k in ("model_kwargs", "processor_kwargs", "config_kwargs"):
+            if k in st_cfg:
+                args[k] = st_cfg[k]
+        if "max_seq_length" not in args:
+            tok_cfg_path = os.path.join(path, "tokenizer_config.json")
+            if os.path.isfile(tok_cfg_path) and "model_max_length" in (tc := read_json(tok_cfg_path)):
+                if tc["model_max_length"] < 10**8:  # HF's "unset" sentinel is a huge int
+                    args["max_seq_length"] = tc["model_max_length"]
+        args.update(kwargs)
+        return cls(path, **args)
