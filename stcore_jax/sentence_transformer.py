@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from stcore_jax.io.st_load import load_modules, load_st_config, resolve_model_path
+from stcore_jax.models.layers import fold
 from stcore_jax.models.buckets import bucket_for, default_buckets, round_up
 from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.transformer import Transformer
@@ -126,10 +127,11 @@ class SentenceTransformer:
         """Pure forward pass: ``features`` (``input_ids``, ``attention_mask``, …) -> features.
 
         Adds ``token_embeddings`` [B, T, H] and ``sentence_embedding`` [B, D]. ``dropout_key`` None
-        means inference; a PRNG key enables dropout (each module gets ``fold_in(key, index)``).
+        means inference; a PRNG key, or one key per row ([B] typed keys), enables dropout (each
+        module gets ``fold_in(key, index)``).
         """
         for i, m in enumerate(self.modules):
-            key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+            key = fold(dropout_key, i)
             p = params.get(str(i)) if m.params is not None else None
             if i == 0 and output_hidden_states:
                 features = m.apply(p, features, dropout_key=key, output_hidden_states=True)

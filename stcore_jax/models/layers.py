@@ -32,20 +32,34 @@ def activation(name: str):
         raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}") from None
 
 
+def _key_batched(key) -> bool:
+    """True for a batch of keys (one per row): typed keys with ndim 1, or raw uint32 keys [B, 2]."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim == (1 if typed else 2)
+
+
 def dropout(x, rate: float, key):
-    """Inverted dropout with an explicit key; identity when ``key`` is None or ``rate`` is 0."""
+    """Inverted dropout with an explicit key; identity when ``key`` is None or ``rate`` is 0.
+
+    ``key`` may be one key or one key per row of ``x`` (shape [B]). Per-row keys make each
+    example's mask independent of how the batch is chunked or sharded, so GradCache's chunked
+    replay and a sharded step draw exactly the masks of the plain full-batch step.
+    """
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    if _key_batched(key):
+        keep = jax.vmap(lambda k, row: jax.random.bernoulli(k, 1.0 - rate, row.shape))(key, x)
+    else:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def fold(key, *ids: int):
-    """Derive a sub-key for one dropout site (``None`` stays ``None``)."""
+    """Derive a sub-key for one dropout site (``None`` stays ``None``; per-row keys stay per-row)."""
     if key is None:
         return None
     for i in ids:
-        key = jax.random.fold_in(key, i)
+        key = jax.vmap(lambda k: jax.random.fold_in(k, i))(key) if _key_batched(key) else jax.random.fold_in(key, i)
     return key
 
 
