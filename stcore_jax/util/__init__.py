@@ -1,6 +1,7 @@
 """Utilities: STS file reading, quantization, semantic search."""
 
 from stcore_jax.util.quantization import quantize_embeddings
+from stcore_jax.util.semantic_search import semantic_search
 from stcore_jax.util.stsb import read_sts
 
-__all__ = ["quantize_embeddings", "read_sts"]
+__all__ = ["quantize_embeddings", "read_sts", "semantic_search"]
