@@ -5,5 +5,22 @@ __version__ = "0.1.0"
 from stcore_jax.models import Dense, Normalize, Pooling, Transformer  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
+from stcore_jax.training import (  # noqa: E402
+    BatchSamplers,
+    MultiDatasetBatchSamplers,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 
-__all__ = ["Dense", "Normalize", "Pooling", "SentenceTransformer", "SimilarityFunction", "Transformer"]
+__all__ = [
+    "BatchSamplers",
+    "Dense",
+    "MultiDatasetBatchSamplers",
+    "Normalize",
+    "Pooling",
+    "SentenceTransformer",
+    "SentenceTransformerTrainer",
+    "SentenceTransformerTrainingArguments",
+    "SimilarityFunction",
+    "Transformer",
+]

@@ -1,0 +1,178 @@
+"""Datasets -> validated, tokenized columns -> fixed-shape batches (sentence-transformers data rules).
+
+Rules (SPEC §2): the first of ``label``/``labels``/``score``/``scores`` is the label; every other
+column is an input, in column order; ``dataset_name`` and ``return_loss`` are reserved. Everything
+is checked here, before anything is compiled: column count and label against the loss, None/empty
+texts, non-numeric and NaN labels (each error names the dataset, column and row).
+
+Batches have static shapes: ``[global_batch, bucket_length]`` per column, the same bucket for all
+columns of a batch, rows past the end of a partial batch padded and flagged in ``mask``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+
+import numpy as np
+
+from stcore_jax.models.buckets import bucket_for
+
+LABEL_COLUMNS = ("label", "labels", "score", "scores")
+RESERVED_COLUMNS = ("dataset_name", "return_loss")
+_ORDER_HINTS = {
+    "anchor": 0, "positive": 1, "negative": 2, "question": 0, "answer": 1, "query": 0, "response": 1,
+    "hypothesis": 0, "entailment": 1, "contradiction": 2,
+}
+
+
+@dataclasses.dataclass
+class PreparedDataset:
+    """One dataset, validated and tokenized: what the batch builder needs."""
+
+    name: str
+    columns: list[str]  # input columns, in order
+    label_column: str | None
+    labels: np.ndarray | None  # [N] or [N, k]
+    token_ids: list[dict]  # per column: {"input_ids": [[...]], "token_type_ids": [[...]]?}
+    prompt_lengths: list[int | None]  # per column
+    texts: list[list[str]]  # per column (for NO_DUPLICATES and error reports)
+    hf_dataset: object
+
+    def __len__(self):
+        return len(self.texts[0]) if self.texts else 0
+
+
+def label_column(column_names) -> str | None:
+    return next((c for c in LABEL_COLUMNS if c in column_names), None)
+
+
+def input_columns(column_names) -> list[str]:
+    lab = label_column(column_names)
+    return [c for c in column_names if c != lab]
+
+
+def _warn_order(name, columns):
+    for i, c in enumerate(columns):
+        want = _ORDER_HINTS.get(c.lower())
+        if want is not None and want != i:
+            warnings.warn(
+                f"Dataset {name!r}: column {c!r} is input {i}, but that name usually comes at position {want}. "
+                f"Columns are used in order {columns}; reorder them with dataset.select_columns([...]) if that is not intended.",
+                stacklevel=3,
+            )
+            break
+    for c in columns:
+        if c == "id" or c.endswith(("_id", "_ids", "_idx")):
+            warnings.warn(f"Dataset {name!r}: column {c!r} looks like an ID column, but it is being trained as text.",
+                          stacklevel=3)
+
+
+def resolve_prompt(prompts, dataset_name: str | None, column: str, is_dict_dataset: bool):
+    """The prompt for one (dataset, column) under the four ``prompts`` forms (SPEC §2)."""
+    if prompts is None:
+        return None
+    if isinstance(prompts, str):
+        return prompts
+    if not isinstance(prompts, dict):
+        raise ValueError(f"prompts must be a str or a dict, got {type(prompts).__name__}")
+    if any(isinstance(v, dict) for v in prompts.values()) and not is_dict_dataset:
+        raise ValueError("prompts of the form {dataset: {column: prompt}} need a DatasetDict / dict of datasets")
+    if is_dict_dataset and dataset_name in prompts:
+        v = prompts[dataset_name]
+        return v if isinstance(v, str) else v.get(column)
+    v = prompts.get(column)
+    return v if isinstance(v, str) else None
+
+
+def _check_texts(values, dataset, column):
+    for i, v in enumerate(values):
+        if v is None:
+            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is None; drop or fill such rows "
+                             f"(e.g. dataset.filter(lambda r: r[{column!r}] is not None))")
+        if not isinstance(v, str):
+            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: expected a string, got "
+                             f"{type(v).__name__} ({v!r}); each input cell must hold one text")
+        if not v.strip():
+            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is empty; drop or fill such rows")
+
+
+def _check_labels(values, dataset, column) -> np.ndarray:
+    for i, v in enumerate(values):
+        items = v if isinstance(v, (list, tuple)) else [v]
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, numbers.Number):
+                raise ValueError(f"Dataset {dataset!r}, label column {column!r}, row {i}: labels must be numbers "
+                                 f"(or lists of numbers), got {type(x).__name__} ({x!r})")
+            if isinstance(x, float) and math.isnan(x):
+                raise ValueError(f"Dataset {dataset!r}, label column {column!r}, row {i}: the label is NaN")
+    arr = np.asarray(values)
+    if arr.dtype.kind == "O":
+        raise ValueError(f"Dataset {dataset!r}, label column {column!r}: label lists must all have the same length")
+    return arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
+
+
+def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False) -> PreparedDataset:
+    """Validate a ``datasets.Dataset`` against ``loss`` and tokenize its input columns."""
+    cols = list(dataset.column_names)
+    for r in RESERVED_COLUMNS:
+        if r in cols:
+            raise ValueError(f"Dataset {name!r} has a column named {r!r}, which is reserved; rename it")
+    lab = label_column(cols)
+    inputs = input_columns(cols)
+    if not inputs:
+        raise ValueError(f"Dataset {name!r} has no input columns (columns: {cols})")
+    try:
+        loss.validate_columns(len(inputs), lab is not None)
+    except ValueError as e:
+        raise ValueError(f"Dataset {name!r} with input columns {inputs}" + (f" and label {lab!r}" if lab else "") +
+                         f": {e}") from None
+    _warn_order(name, inputs)
+    texts = []
+    for c in inputs:
+        values = list(dataset[c])
+        _check_texts(values, name, c)
+        texts.append(values)
+    labels = _check_labels(list(dataset[lab]), name, lab) if lab else None
+    token_ids, prompt_lengths = [], []
+    for c, vals in zip(inputs, texts):
+        prompt = resolve_prompt(prompts, name, c, is_dict_dataset)
+        if prompt:
+            vals = [prompt + v for v in vals]
+        token_ids.append(tokenizer_module.tokenize_ids(vals))
+        prompt_lengths.append(_prompt_length(tokenizer_module, prompt) if prompt else None)
+    return PreparedDataset(name, inputs, lab, labels, token_ids, prompt_lengths, texts, dataset)
+
+
+def _prompt_length(module, prompt):
+    ids = module.tokenize_ids([prompt])["input_ids"][0]
+    special = set(module.tokenizer.all_special_ids)
+    return len(ids) - (1 if ids and ids[-1] in special else 0)
+
+
+def batch_bucket(ds: PreparedDataset, rows, buckets) -> int:
+    longest = max(len(ids["input_ids"][i]) for ids in ds.token_ids for i in rows)
+    return bucket_for(longest, buckets)
+
+
+def collate(ds: PreparedDataset, rows, batch_size: int, length: int, pad) -> dict:
+    """Rows -> ``{"columns": [features per column], "label": [B,...], "mask": [B]}`` (numpy)."""
+    if len(rows) > batch_size:
+        raise ValueError(f"collate got {len(rows)} rows for a batch of {batch_size}")
+    columns = []
+    for ids, pl in zip(ds.token_ids, ds.prompt_lengths):
+        sub = {k: [v[i] for i in rows] for k, v in ids.items()}
+        feats = pad(sub, length, batch_size)
+        if pl is not None:
+            feats["prompt_length"] = np.full((batch_size,), pl, np.int32)
+        columns.append(feats)
+    mask = np.zeros((batch_size,), bool)
+    mask[: len(rows)] = True
+    batch = {"columns": columns, "mask": mask}
+    if ds.labels is not None:
+        lab = np.zeros((batch_size,) + ds.labels.shape[1:], ds.labels.dtype)
+        lab[: len(rows)] = ds.labels[np.asarray(rows, dtype=np.int64)]
+        batch["label"] = lab
+    return batch

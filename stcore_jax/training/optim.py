@@ -1,0 +1,120 @@
+"""Learning-rate schedules (Hugging Face formulas) and the optax optimizer built from the arguments."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Parameters that get weight decay: Linear kernels and embedding tables. Biases and LayerNorm
+# parameters (leaf "scale"/"bias") are excluded, as Hugging Face's Trainer does.
+DECAYED_LEAVES = ("kernel", "embedding")
+
+
+def warmup_steps_for(args, total_steps: int) -> int:
+    """``warmup_steps`` (int steps, or a float < 1 as a ratio) else ``warmup_ratio`` of the total."""
+    if args.warmup_steps and args.warmup_steps >= 1:
+        return int(args.warmup_steps)
+    ratio = args.warmup_steps if 0 < args.warmup_steps < 1 else args.warmup_ratio
+    return int(math.ceil(ratio * total_steps))
+
+
+def lr_multiplier(kind: str, total: int, warmup: int, kwargs=None):
+    """Step -> multiplier of the peak lr, as ``transformers.get_scheduler`` (evaluated at optimizer step)."""
+    kwargs = dict(kwargs or {})
+    total, warmup = max(int(total), 1), int(warmup)
+
+    def warm(step):
+        return step / jnp.maximum(1.0, warmup)
+
+    def progress(step):
+        return (step - warmup) / jnp.maximum(1.0, total - warmup)
+
+    def fn(count):
+        step = jnp.asarray(count, jnp.float32)
+        if kind == "constant":
+            return jnp.ones_like(step)
+        if kind == "constant_with_warmup":
+            return jnp.where(step < warmup, warm(step), 1.0)
+        if kind == "linear":
+            after = jnp.maximum(0.0, (total - step) / jnp.maximum(1.0, total - warmup))
+        elif kind == "cosine":
+            cycles = kwargs.get("num_cycles", 0.5)
+            after = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(math.pi * cycles * 2.0 * progress(step))))
+        elif kind == "cosine_with_restarts":
+            cycles = kwargs.get("num_cycles", 1)
+            p = progress(step)
+            after = jnp.where(p >= 1.0, 0.0, jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(math.pi * ((cycles * p) % 1.0)))))
+        elif kind == "polynomial":
+            lr_end, power, lr_init = kwargs.get("lr_end", 1e-7), kwargs.get("power", 1.0), kwargs["lr_init"]
+            decay = (lr_init - lr_end) * (1 - progress(step)) ** power + lr_end
+            after = jnp.where(step > total, lr_end / lr_init, decay / lr_init)
+        else:
+            raise ValueError(f"Unknown lr_scheduler_type {kind!r}")
+        return jnp.where(step < warmup, warm(step), after)
+
+    return fn
+
+
+def make_schedule(args, total_steps: int, lr: float | None = None):
+    lr = args.learning_rate if lr is None else lr
+    kw = dict(args.lr_scheduler_kwargs or {})
+    if args.lr_scheduler_type == "polynomial":
+        kw.setdefault("lr_init", lr)
+    mult = lr_multiplier(args.lr_scheduler_type, total_steps, warmup_steps_for(args, total_steps), kw)
+    return lambda count: lr * mult(count)
+
+
+def param_names(tree) -> dict:
+    """Pytree of dotted export names ``"{module}.{hf key}"`` (e.g. ``0.encoder.layer.11.attention.self.query.weight``)."""
+    from stcore_jax.io.hf_keys import LEAF_TO_HF
+
+    def name(path, _):
+        keys = [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+        if keys and keys[-1] in LEAF_TO_HF:
+            keys[-1] = LEAF_TO_HF[keys[-1]][0]
+        return ".".join(keys)
+
+    return jax.tree_util.tree_map_with_path(name, tree)
+
+
+def decay_mask(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: str(getattr(path[-1], "key", "")) in DECAYED_LEAVES, tree)
+
+
+def _base_optimizer(args, schedule):
+    if args.optim == "sgd":
+        return optax.sgd(schedule)
+    if args.optim == "adafactor":
+        return optax.adafactor(schedule)
+    return optax.adamw(schedule, b1=args.adam_beta1, b2=args.adam_beta2, eps=args.adam_epsilon,
+                       weight_decay=args.weight_decay, mask=decay_mask)
+
+
+def make_optimizer(args, trainable, total_steps: int):
+    """Clip by global norm, then AdamW with the schedule; ``learning_rate_mapping`` regexes give
+    matching parameters their own peak lr (``optax.multi_transform``). Returns ``(tx, schedule)``."""
+    schedule = make_schedule(args, total_steps)
+    clip = [optax.clip_by_global_norm(args.max_grad_norm)] if args.max_grad_norm and args.max_grad_norm > 0 else []
+    mapping = args.learning_rate_mapping or {}
+    if not mapping:
+        return optax.chain(*clip, _base_optimizer(args, schedule)), schedule
+    names = param_names(trainable)
+    flat_names = jax.tree_util.tree_leaves(names)
+    for pattern in mapping:
+        if not any(re.search(pattern, n) for n in flat_names):
+            raise ValueError(f"learning_rate_mapping pattern {pattern!r} matches no parameter; names look like "
+                             f"{flat_names[:3]}")
+
+    def label(n):
+        return next((p for p in mapping if re.search(p, n)), "__default__")
+
+    labels = jax.tree_util.tree_map(label, names)
+    transforms = {"__default__": _base_optimizer(args, schedule)}
+    for pattern, lr in mapping.items():
+        transforms[pattern] = _base_optimizer(args, make_schedule(args, total_steps, float(lr)))
+    return optax.chain(*clip, optax.multi_transform(transforms, labels)), schedule

@@ -1,0 +1,99 @@
+"""The pure train and eval steps.
+
+``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params,
+"loss": loss_params}, "opt_state": ..., "step": int32, "skipped": int32}``. Dropout keys are
+``fold_in(key(seed), step)``, then per column and per *global* row index, so the update does not
+depend on how the batch is sharded or chunked. A non-finite loss or gradient skips the update
+(params and optimizer state unchanged) and is counted in ``state["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def row_keys(key, column: int, batch_size: int):
+    """One dropout key per row: ``fold_in(fold_in(key, column), row)``."""
+    col = jax.random.fold_in(key, column)
+    return jax.vmap(lambda i: jax.random.fold_in(col, i))(jnp.arange(batch_size))
+
+
+def loss_value(loss, forward, params, features, labels, *, dropout_key=None, mask=None, num_shards=None,
+               loss_params=None):
+    """The loss of one batch; losses with their own ``compute_loss`` (GradCache) run their forward themselves."""
+    own = getattr(loss, "compute_loss", None)
+    if own is not None:
+        return own(forward, params, features, labels, dropout_key=dropout_key, mask=mask, num_shards=num_shards,
+                   loss_params=loss_params)
+    embeddings = []
+    for c, f in enumerate(features):
+        keys = None if dropout_key is None else row_keys(dropout_key, c, f["input_ids"].shape[0])
+        embeddings.append(forward(params, f, dropout_key=keys)["sentence_embedding"])
+    context = {"mask": mask, "num_shards": num_shards}
+    if loss_params:
+        context["params"] = loss_params
+    return loss.compute_loss_from_embeddings(embeddings, labels, **context)
+
+
+def _total(out):
+    if isinstance(out, dict):
+        return sum(out.values()), dict(out)
+    return out, {}
+
+
+def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_steps: int = 1, counter=None):
+    """With ``accum_steps > 1`` every batch leaf has a leading micro-batch axis ``[accum_steps, B, ...]``;
+    gradients are averaged over micro-batches (in-batch negatives stay per micro-batch, as in the reference)."""
+    base_key = jax.random.key(seed)
+
+    def objective(trainable, batch, key):
+        out = loss_value(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
+                         mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+        return _total(out)
+
+    def train_step(state, batch):
+        if counter is not None:
+            counter[0] += 1  # traced once per compilation
+        key = jax.random.fold_in(base_key, state["step"])
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        if accum_steps == 1:
+            (loss_val, comps), grads = grad_fn(state["trainable"], batch, key)
+        else:
+            def micro(carry, xs):
+                i, mb = xs
+                (l, c), g = grad_fn(state["trainable"], mb, jax.random.fold_in(key, i))
+                return jax.tree_util.tree_map(jnp.add, carry, (l, c, g)), None
+
+            zeros = jax.tree_util.tree_map(
+                jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state["trainable"], jax.tree_util.tree_map(lambda x: x[0], batch), key)))
+            zeros = (zeros[0][0], zeros[0][1], zeros[1])
+            (loss_val, comps, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum_steps), batch))
+            loss_val, comps, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss_val, comps, grads))
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        new_trainable = optax.apply_updates(state["trainable"], updates)
+        ok = jnp.isfinite(loss_val) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        new_state = {
+            "trainable": keep(new_trainable, state["trainable"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "skipped": state["skipped"] + (~ok).astype(jnp.int32),
+        }
+        metrics = {"loss": loss_val.astype(jnp.float32), "grad_norm": grad_norm, "finite": ok,
+                   **{k: v.astype(jnp.float32) for k, v in comps.items()}}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(forward, loss, *, num_shards: int):
+    def eval_step(trainable, batch):
+        out = loss_value(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=None,
+                         mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+        total, comps = _total(out)
+        return {"loss": total, **comps}
+
+    return eval_step

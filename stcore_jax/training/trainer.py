@@ -1,0 +1,516 @@
+"""``SentenceTransformerTrainer``: the sentence-transformers training workflow on a JAX mesh.
+
+Read top to bottom: datasets and losses are validated and tokenized in ``__init__`` (every input error
+surfaces before anything compiles) -> ``train`` builds the mesh, state and jitted step -> the loop
+walks the epoch's batch plan (a pure function of ``(seed, epoch)``), logging, evaluating and
+checkpointing on the configured schedules -> the final model is exported in sentence-transformers
+format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from stcore_jax.models.buckets import default_buckets
+from stcore_jax.training import checkpoint as ckpt
+from stcore_jax.training.arguments import BatchSamplers, SentenceTransformerTrainingArguments
+from stcore_jax.training.callbacks import (
+    JsonLinesLogger,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    integration_callbacks,
+)
+from stcore_jax.training.data import LABEL_COLUMNS, batch_bucket, collate, prepare_dataset
+from stcore_jax.training.mesh import make_mesh
+from stcore_jax.training.optim import make_optimizer
+from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
+from stcore_jax.training.step import make_eval_step, make_train_step
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _as_dataset_dict(ds, what):
+    """``(dict name -> Dataset, is_dict)``; a single Dataset becomes ``{"train"|"eval": ds}``."""
+    if ds is None:
+        return {}, False
+    try:
+        from datasets import IterableDataset
+    except ImportError:  # pragma: no cover
+        IterableDataset = ()
+    if isinstance(ds, IterableDataset) or (isinstance(ds, dict) and any(isinstance(v, IterableDataset) for v in ds.values())):
+        raise ValueError(f"{what}: IterableDataset (streaming) is not supported yet; materialise it with "
+                         "datasets.Dataset.from_generator or .take(n)")
+    if isinstance(ds, dict):  # DatasetDict is a dict
+        if not ds:
+            raise ValueError(f"{what} is an empty dict")
+        return dict(ds), True
+    if not hasattr(ds, "column_names"):
+        raise ValueError(f"{what} must be a datasets.Dataset, DatasetDict or dict of Datasets, got {type(ds).__name__}")
+    return {what: ds}, False
+
+
+class SentenceTransformerTrainer:
+    """Train a :class:`stcore_jax.SentenceTransformer` (same constructor as sentence-transformers)."""
+
+    def __init__(self, model=None, args: SentenceTransformerTrainingArguments | None = None, train_dataset=None,
+                 eval_dataset=None, loss=None, evaluator=None, callbacks=None, optimizers=(None, None),
+                 model_init=None, data_collator=None, processing_class=None, tokenizer=None, compute_metrics=None,
+                 **unused):
+        if model is None:
+            if model_init is None:
+                raise ValueError("SentenceTransformerTrainer needs model= (or model_init=)")
+            model = model_init()
+        self.model = model
+        self.args = args if args is not None else SentenceTransformerTrainingArguments(output_dir="tmp_trainer")
+        if compute_metrics is not None:
+            logger.warning("compute_metrics is not supported by SentenceTransformerTrainer; use an evaluator")
+        self.optimizers = optimizers
+        self.train_data, self.train_is_dict = _as_dataset_dict(train_dataset, "train")
+        self.eval_data, self.eval_is_dict = _as_dataset_dict(eval_dataset, "eval")
+        self.loss = self._resolve_losses(loss)
+        if evaluator is not None and isinstance(evaluator, (list, tuple)):
+            from stcore_jax.evaluation import SequentialEvaluator
+
+            evaluator = SequentialEvaluator(list(evaluator))
+        self.evaluator = evaluator
+        if self.args.eval_strategy != "no" and evaluator is None and not self.eval_data:
+            raise ValueError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset or an evaluator")
+        self.mesh = make_mesh(self.args.mesh_shape)
+        self.data_parallel = self.mesh.shape["data"]
+        if self.args.train_batch_size is not None:
+            if self.args.train_batch_size % self.data_parallel:
+                raise ValueError(f"train_batch_size={self.args.train_batch_size} is not divisible by the data-parallel "
+                                 f"size {self.data_parallel}; pick a multiple of {self.data_parallel}")
+            self.args.per_device_train_batch_size = self.args.train_batch_size // self.data_parallel
+        self.global_batch = self.args.per_device_train_batch_size * self.data_parallel
+        self.global_eval_batch = self.args.per_device_eval_batch_size * self.data_parallel
+        self.buckets = tuple(self.args.length_buckets) if self.args.length_buckets else default_buckets(model.max_seq_length)
+        module = model.input_module
+        self.train_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
+                                                  is_dict_dataset=self.train_is_dict) for n, d in self.train_data.items()}
+        self.eval_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
+                                                 is_dict_dataset=self.eval_is_dict) for n, d in self.eval_data.items()}
+        self.samplers = {n: self.get_batch_sampler(p.hf_dataset, self.global_batch, self.args.dataloader_drop_last,
+                                                   valid_label_columns=list(LABEL_COLUMNS), seed=self._data_seed(),
+                                                   prepared=p)
+                         for n, p in self.train_prepared.items()}
+        self.callbacks: list[TrainerCallback] = [JsonLinesLogger(), *integration_callbacks(self.args.report_to)]
+        for cb in callbacks or []:
+            self.add_callback(cb)
+        self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())
+        self.control = TrainerControl()
+        self.compile_count = [0]
+        self._train_state = None
+        self._fire("on_init_end")
+
+    # -- setup helpers -------------------------------------------------------------------------
+    def _data_seed(self):
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _resolve_losses(self, loss):
+        names = list(self.train_data) + [n for n in self.eval_data if n not in self.train_data]
+        if loss is None:
+            from stcore_jax.losses import CoSENTLoss
+
+            loss = CoSENTLoss(self.model)
+        if isinstance(loss, dict):
+            missing = [n for n in names if n not in loss]
+            if missing:
+                raise ValueError(f"loss is a dict with keys {sorted(loss)}, but datasets {missing} have no loss; "
+                                 "give every train/eval dataset name a loss")
+            out = {n: loss[n] for n in names}
+        else:
+            out = {n: loss for n in names}
+        for n, lo in list(out.items()):
+            if not hasattr(lo, "compute_loss_from_embeddings") and callable(lo):
+                out[n] = lo(self.model)  # a factory model -> loss
+        return out
+
+    def is_world_process_zero(self) -> bool:
+        return jax.process_index() == 0
+
+    is_local_process_zero = is_world_process_zero
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+
+    def pop_callback(self, callback):
+        for cb in self.callbacks:
+            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+                self.callbacks.remove(cb)
+                return cb
+        return None
+
+    def remove_callback(self, callback):
+        self.pop_callback(callback)
+
+    def _fire(self, event, **kwargs):
+        for cb in self.callbacks:
+            getattr(cb, event)(self.args, self.state, self.control, model=self.model, **kwargs)
+
+    # -- override points -----------------------------------------------------------------------
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0,
+                          prepared=None):
+        kind = self.args.batch_sampler
+        if isinstance(kind, BatchSamplers):
+            cls = SAMPLERS[kind]
+            extra = {}
+            if kind in (BatchSamplers.NO_DUPLICATES, BatchSamplers.NO_DUPLICATES_HASHED) and prepared is not None:
+                extra["rows"] = list(zip(*prepared.texts))
+            if kind == BatchSamplers.GROUP_BY_LABEL and prepared is not None:
+                if prepared.labels is None:
+                    raise ValueError(f"Dataset {prepared.name!r}: GROUP_BY_LABEL needs a label column")
+                extra["labels"] = prepared.labels.tolist()
+            return cls(dataset, batch_size, drop_last, valid_label_columns, generator, seed, **extra)
+        return kind(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
+
+    def get_multi_dataset_batch_sampler(self, batch_counts: dict, epoch: int, seed: int):
+        kind = self.args.multi_dataset_batch_sampler
+        if callable(kind) and not isinstance(kind, str):
+            return list(kind(batch_counts, epoch, seed))
+        return multi_dataset_order(kind, batch_counts, seed, epoch)
+
+    def epoch_plan(self, epoch: int) -> list[tuple[str, list[int]]]:
+        """The batches of one epoch: ``(dataset name, row indices)``, a pure function of (seed, epoch)."""
+        per = {n: epoch_batches(s, epoch) for n, s in self.samplers.items()}
+        if len(per) == 1:
+            (name, batches), = per.items()
+            return [(name, b) for b in batches]
+        order = self.get_multi_dataset_batch_sampler({n: len(b) for n, b in per.items()}, epoch, self._data_seed())
+        cursors = dict.fromkeys(per, 0)
+        plan = []
+        for n in order:
+            plan.append((n, per[n][cursors[n]]))
+            cursors[n] += 1
+        return plan
+
+    # -- device placement ----------------------------------------------------------------------
+    def _to_device(self, batch, leading_accum=False):
+        spec = P(None, "data") if leading_accum else P("data")
+        sharding = NamedSharding(self.mesh, spec)
+        if jax.process_count() == 1:
+            return jax.device_put(batch, sharding)
+        axis = 1 if leading_accum else 0
+        n, i = jax.process_count(), jax.process_index()
+
+        def local(x):
+            size = x.shape[axis] // n
+            sl = [slice(None)] * x.ndim
+            sl[axis] = slice(i * size, (i + 1) * size)
+            return jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(x[tuple(sl)]), x.shape)
+
+        return jax.tree_util.tree_map(local, batch)
+
+    def _collate_step(self, name, micro_batches, batch_size):
+        ds = self.train_prepared[name] if name in self.train_prepared else self.eval_prepared[name]
+        length = max(batch_bucket(ds, rows, self.buckets) for rows in micro_batches)
+        pad = self.model.input_module.pad
+        parts = [collate(ds, rows, batch_size, length, pad) for rows in micro_batches]
+        if len(parts) == 1:
+            return parts[0]
+        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+
+    # -- state ---------------------------------------------------------------------------------
+    def _init_state(self, total_steps):
+        loss_params = {}
+        for n, lo in self.loss.items():
+            if hasattr(lo, "init_params"):
+                p = lo.init_params(jax.random.key(self.args.seed))
+                if p:
+                    loss_params = p  # one shared loss-owned param tree (e.g. SoftmaxLoss classifier)
+        trainable = {"model": jax.tree_util.tree_map(jnp.asarray, self.model.params), "loss": loss_params}
+        if self.optimizers and self.optimizers[0] is not None:
+            tx, schedule = self.optimizers[0], self.optimizers[1]
+        else:
+            tx, schedule = make_optimizer(self.args, trainable, total_steps)
+        self.schedule = schedule
+        state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
+                 "skipped": jnp.zeros((), jnp.int32)}
+        replicated = NamedSharding(self.mesh, P())
+        return tx, jax.device_put(state, replicated)
+
+    def _build_steps(self, tx):
+        replicated = NamedSharding(self.mesh, P())
+        steps, seen = {}, {}
+        for n, lo in self.loss.items():
+            if id(lo) not in seen:
+                fn = make_train_step(self.model.forward, lo, tx, seed=self.args.seed, num_shards=self.data_parallel,
+                                     accum_steps=self.args.gradient_accumulation_steps, counter=self.compile_count)
+                seen[id(lo)] = jax.jit(fn, in_shardings=(replicated, None), out_shardings=(replicated, replicated),
+                                       donate_argnums=0)
+            steps[n] = seen[id(lo)]
+        return steps
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Loss of one collated batch on the current parameters (no dropout)."""
+        name = inputs.get("dataset_name", next(iter(self.loss)))
+        fn = make_eval_step(model.forward, self.loss[name], num_shards=self.data_parallel)
+        trainable = {"model": model.params, "loss": self._train_state["trainable"]["loss"] if self._train_state else {}}
+        out = fn(trainable, inputs)
+        return (out["loss"], {}) if return_outputs else out["loss"]
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _schedule_steps(self, value, total):
+        return max(1, int(math.ceil(value * total))) if value and value < 1 else int(value or 0)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        args = self.args
+        if not self.train_data:
+            raise ValueError("train() needs a train_dataset")
+        resume_path = self._resume_path(resume_from_checkpoint)
+        accum = args.gradient_accumulation_steps
+        steps_per_epoch = max(1, len(self.epoch_plan(0)) // accum)
+        if args.max_steps > 0:
+            total = args.max_steps
+            num_epochs = math.ceil(total / steps_per_epoch)
+        else:
+            total = int(math.ceil(args.num_train_epochs * steps_per_epoch))
+            num_epochs = math.ceil(args.num_train_epochs)
+        self.total_steps, self.steps_per_epoch = total, steps_per_epoch
+        log_every = self._schedule_steps(args.logging_steps, total) if args.logging_strategy == "steps" else 0
+        eval_every = self._schedule_steps(args.eval_steps, total) if args.eval_strategy == "steps" else 0
+        save_every = self._schedule_steps(args.save_steps, total) if args.save_strategy == "steps" else 0
+
+        tx, state = self._init_state(total)
+        step_fns = self._build_steps(tx)
+        start_epoch, skip_batches = 0, 0
+        if resume_path is not None:
+            abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            state, ts = ckpt.restore_checkpoint(resume_path, abstract)
+            start_epoch, skip_batches = ts["epoch_index"], ts["batches_in_epoch"]
+            self.state.global_step = ts["global_step"]
+            self.state.log_history = ts.get("log_history", [])
+            self.state.best_metric = ts.get("best_metric")
+            self.state.best_model_checkpoint = ts.get("best_model_checkpoint")
+            logger.info("Resumed from %s at step %d", resume_path, self.state.global_step)
+        if self.is_world_process_zero():
+            os.makedirs(args.output_dir, exist_ok=True)
+            ckpt.clean_partials(args.output_dir)
+        self._train_state = state
+        self.state.max_steps, self.state.num_train_epochs = total, num_epochs
+        self._fire("on_train_begin")
+        if args.eval_on_start and self.state.global_step == 0:
+            self._evaluate_now(state)
+
+        bar = tqdm(total=total, initial=self.state.global_step, desc="Training",
+                   disable=args.disable_tqdm or not self.is_world_process_zero())
+        window, t0, samples, tokens = [], time.perf_counter(), 0, 0
+        self._last_eval_step = None
+        stop = self.state.global_step >= total
+        for epoch in range(start_epoch, num_epochs):
+            if stop:
+                break
+            plan = self.epoch_plan(epoch)
+            usable = len(plan) // accum * accum
+            self._fire("on_epoch_begin")
+            pos = skip_batches if epoch == start_epoch else 0
+            while pos + accum <= usable:
+                group = plan[pos : pos + accum]
+                name = group[0][0]
+                if any(g[0] != name for g in group):  # accumulate only within one dataset
+                    pos += 1
+                    continue
+                batch = self._collate_step(name, [rows for _, rows in group], self.global_batch)
+                samples += sum(len(rows) for _, rows in group)
+                tokens += int(sum(c["attention_mask"].sum() for c in batch["columns"]))
+                self._fire("on_step_begin")
+                state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1))
+                pos += accum
+                self.state.global_step += 1
+                self.state.epoch = epoch + pos / max(len(plan), 1)
+                self._train_state = state
+                window.append(metrics)
+                if args.nonfinite_policy == "stop" and not bool(metrics["finite"]):
+                    self._dump_nonfinite(name, group)
+                bar.update(1)
+                self._batches_in_epoch, self._epoch_index = pos, epoch
+                self._fire("on_step_end", dataset_name=name, rows=[rows for _, rows in group])
+                gs = self.state.global_step
+                if (log_every and gs % log_every == 0) or (args.logging_first_step and gs == 1) or self.control.should_log:
+                    window, t0, samples, tokens = self._log_window(window, t0, samples, tokens, bar)
+                if (eval_every and gs % eval_every == 0) or self.control.should_evaluate:
+                    self._evaluate_now(state)
+                if (save_every and gs % save_every == 0) or self.control.should_save:
+                    self._save(state)
+                self.control.should_log = self.control.should_evaluate = self.control.should_save = False
+                if gs >= total or self.control.should_training_stop:
+                    stop = True
+                    break
+            if not stop:
+                self._batches_in_epoch, self._epoch_index = 0, epoch + 1
+            self._fire("on_epoch_end")
+            if args.logging_strategy == "epoch" and window:
+                window, t0, samples, tokens = self._log_window(window, t0, samples, tokens, bar)
+            if args.eval_strategy == "epoch":
+                self._evaluate_now(state)
+            if args.save_strategy == "epoch":
+                self._save(state)
+        bar.close()
+        if window:
+            self._log_window(window, t0, samples, tokens, None)
+        if args.load_best_model_at_end and self.state.best_model_checkpoint:
+            abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            best, _ = ckpt.restore_checkpoint(self.state.best_model_checkpoint, abstract)
+            state = best
+            logger.info("Loaded best model from %s (%s=%s)", self.state.best_model_checkpoint,
+                        args.metric_for_best_model, self.state.best_metric)
+        self._train_state = state
+        self.model.params = state["trainable"]["model"]
+        self.skipped_steps = int(state["skipped"])
+        self._fire("on_train_end")
+        if args.save_final_model:
+            self.save_model(os.path.join(args.output_dir, "final"))
+        return {"global_step": self.state.global_step, "skipped_steps": self.skipped_steps}
+
+    def _resume_path(self, resume):
+        if resume is None or resume is False:
+            return None
+        if resume is True:
+            found = ckpt.list_checkpoints(self.args.output_dir)
+            if not found:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir!r} has no complete checkpoint-*")
+            return found[-1][1]
+        if not ckpt.is_checkpoint(str(resume)):
+            raise ValueError(f"resume_from_checkpoint={resume!r} is not a stcore_jax checkpoint (expected a directory "
+                             "with state/ and trainer_state.json, e.g. output_dir/checkpoint-500)")
+        return str(resume)
+
+    def _log_window(self, window, t0, samples, tokens, bar):
+        fetched = jax.device_get(window)  # the only host sync: once per logging interval
+        losses = np.array([m["loss"] for m in fetched], np.float64)
+        finite = np.isfinite(losses)
+        if self.args.logging_nan_inf_filter and finite.any():
+            losses = losses[finite]
+        dt = max(time.perf_counter() - t0, 1e-9)
+        logs = {"loss": float(losses.mean()), "grad_norm": float(fetched[-1]["grad_norm"]),
+                "learning_rate": float(self.schedule(self.state.global_step - 1)) if self.schedule else None,
+                "epoch": round(self.state.epoch, 4), "samples_per_second": samples / dt, "tokens_per_second": tokens / dt,
+                "skipped_nonfinite": int(sum(1 for m in fetched if not m["finite"]))}
+        for k in fetched[-1]:
+            if k not in ("loss", "grad_norm", "finite"):
+                logs[k] = float(np.mean([m[k] for m in fetched]))
+        self.log(logs)
+        if bar is not None:
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        return [], time.perf_counter(), 0, 0
+
+    def log(self, logs: dict):
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._fire("on_log", logs=logs)
+
+    def _dump_nonfinite(self, name, group):
+        import json
+
+        path = os.path.join(self.args.output_dir, f"nonfinite_batch_step{self.state.global_step}.json")
+        ds = self.train_prepared[name]
+        rows = [r for _, rs in group for r in rs]
+        if self.is_world_process_zero():
+            with open(path, "w") as f:
+                json.dump({"step": self.state.global_step, "dataset": name,
+                           "texts": {c: [ds.texts[j][r] for r in rows] for j, c in enumerate(ds.columns)}}, f, indent=1)
+        raise NonFiniteLossError(f"Non-finite loss or gradient at step {self.state.global_step} on dataset {name!r}; "
+                                 f"the batch's texts are in {path}")
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _evaluate_now(self, state):
+        self._train_state = state
+        self.model.params = state["trainable"]["model"]
+        metrics = self.evaluate()
+        self._last_eval_step = self.state.global_step
+        key = self.args.metric_for_best_model
+        if key and key in metrics:
+            v = metrics[key]
+            best = self.state.best_metric
+            if best is None or (v > best if self.args.greater_is_better else v < best):
+                self.state.best_metric = v
+                self._pending_best = True
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        t0 = time.perf_counter()
+        metrics = {}
+        prepared = self.eval_prepared
+        if eval_dataset is not None:
+            data, is_dict = _as_dataset_dict(eval_dataset, "eval")
+            prepared = {n: prepare_dataset(d, n, self.loss.get(n, next(iter(self.loss.values()))), self.model.input_module,
+                                           prompts=self.args.prompts, is_dict_dataset=is_dict) for n, d in data.items()}
+        n_rows = 0
+        if prepared and self._train_state is not None:
+            replicated = NamedSharding(self.mesh, P())
+            for name, ds in prepared.items():
+                fn = jax.jit(make_eval_step(self.model.forward, self.loss.get(name, next(iter(self.loss.values()))),
+                                            num_shards=self.data_parallel), out_shardings=replicated)
+                totals, count = None, 0
+                order = np.arange(len(ds))
+                for s in range(0, len(ds), self.global_eval_batch):
+                    rows = order[s : s + self.global_eval_batch].tolist()
+                    length = batch_bucket(ds, rows, self.buckets)
+                    batch = collate(ds, rows, self.global_eval_batch, length, self.model.input_module.pad)
+                    out = fn(self._train_state["trainable"], self._to_device(batch))
+                    w = len(rows)
+                    totals = jax.tree_util.tree_map(lambda a: a * w, out) if totals is None else jax.tree_util.tree_map(
+                        lambda t, a: t + a * w, totals, out)
+                    count += w
+                n_rows += count
+                prefix = f"{metric_key_prefix}_{name}_" if len(prepared) > 1 or self.eval_is_dict else f"{metric_key_prefix}_"
+                for k, v in jax.device_get(totals).items():
+                    metrics[prefix + k] = float(v) / count
+        if self.evaluator is not None:
+            out_dir = os.path.join(self.args.output_dir, "eval") if self.is_world_process_zero() else None
+            if out_dir:
+                os.makedirs(out_dir, exist_ok=True)
+            results = self.evaluator(self.model, output_path=out_dir, epoch=self.state.epoch, steps=self.state.global_step)
+            for k, v in results.items():
+                metrics[k if k.startswith(metric_key_prefix + "_") else f"{metric_key_prefix}_{k}"] = float(v)
+        dt = time.perf_counter() - t0
+        metrics[f"{metric_key_prefix}_runtime"] = dt
+        if n_rows:
+            metrics[f"{metric_key_prefix}_samples_per_second"] = n_rows / dt
+        metrics["epoch"] = self.state.epoch
+        self.log(metrics)
+        self._fire("on_evaluate", metrics=metrics)
+        return metrics
+
+    # -- saving --------------------------------------------------------------------------------
+    def _trainer_state_dict(self):
+        return {"global_step": self.state.global_step, "epoch": self.state.epoch,
+                "epoch_index": getattr(self, "_epoch_index", 0), "batches_in_epoch": getattr(self, "_batches_in_epoch", 0),
+                "log_history": self.state.log_history, "best_metric": self.state.best_metric,
+                "best_model_checkpoint": self.state.best_model_checkpoint, "data_seed": self._data_seed(),
+                "global_batch": self.global_batch}
+
+    def _save(self, state):
+        self.model.params = state["trainable"]["model"]
+        step = self.state.global_step
+        path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{step}")
+        if getattr(self, "_pending_best", False) and self._last_eval_step == step:
+            self.state.best_model_checkpoint = path
+            self._pending_best = False
+        ckpt.save_checkpoint(self.args.output_dir, step, state, self._trainer_state_dict(), self.model)
+        keep = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
+        ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, keep)
+        self._fire("on_save")
+
+    def save_model(self, output_dir=None):
+        if self.is_world_process_zero():
+            self.model.save_pretrained(output_dir or self.args.output_dir)
+
+    def get_num_trainable_parameters(self) -> int:
+        return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(self.model.params)))
+
+    def get_learning_rates(self):
+        return [float(self.schedule(self.state.global_step))] if getattr(self, "schedule", None) else []
