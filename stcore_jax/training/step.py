@@ -71,7 +71,7 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
             zeros = (zeros[0][0], zeros[0][1], zeros[1])
             (loss_val, comps, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum_steps), batch))
             loss_val, comps, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss_val, comps, grads))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
         new_trainable = optax.apply_updates(state["trainable"], updates)
         ok = jnp.isfinite(loss_val) & jnp.isfinite(grad_norm)

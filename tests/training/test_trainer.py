@@ -1,0 +1,124 @@
+"""Trainer behaviour on a tiny BERT: device-count invariance, composition of multi-dataset epochs, logging."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from datasets import Dataset
+
+from stcore_jax import (
+    MultiDatasetBatchSamplers,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss
+from stcore_jax.training import TrainerCallback
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=2,
+                learning_rate=1e-3, logging_steps=1, save_strategy="no", disable_tqdm=True, save_final_model=False)
+    base.update(kw)
+    return SentenceTransformerTrainingArguments(**base)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(jax.device_get(tree))]
+
+
+def test_one_device_equals_eight_devices(tiny_bert_dir, pairs, tmp_path):
+    assert jax.device_count() == 8
+    results = []
+    for mesh, per_device in (({"data": 1}, 16), ({"data": 8}, 2)):
+        model = SentenceTransformer(tiny_bert_dir)
+        # lr 1e-4: Adam turns gradient entries near zero into ~lr-sized steps, so float reduction-order
+        # noise between the two layouts shows up in proportion to lr.
+        args = _args(tmp_path / str(mesh["data"]), max_steps=3, per_device_train_batch_size=per_device,
+                     mesh_shape=mesh, warmup_steps=1, learning_rate=1e-4)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=CoSENTLoss(model))
+        assert trainer.global_batch == 16
+        trainer.train()
+        results.append(_leaves(model.params))
+    moved = max(np.abs(a - b).max() for a, b in zip(results[0], _leaves(SentenceTransformer(tiny_bert_dir).params)))
+    assert moved > 1e-4  # training changed the parameters, so the comparison below means something
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.batches, self.logs = [], []
+
+    def on_step_end(self, args, state, control, dataset_name=None, rows=None, **kw):
+        self.batches.append((dataset_name, rows))
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        self.logs.append(dict(logs))
+
+
+def _two_datasets(stsb_train):
+    s1, s2, sc = stsb_train
+    sts = Dataset.from_dict({"s1": s1[:40], "s2": s2[:40], "score": [x / 5 for x in sc[:40]]})
+    pairs = Dataset.from_dict({"anchor": s1[100:120], "positive": s2[100:120]})
+    return {"sts": sts, "pairs": pairs}
+
+
+@pytest.mark.parametrize("kind", [MultiDatasetBatchSamplers.ROUND_ROBIN, MultiDatasetBatchSamplers.PROPORTIONAL])
+def test_multi_dataset_composition(kind, tiny_bert_dir, stsb_train, tmp_path):
+    model = SentenceTransformer(tiny_bert_dir)
+    data = _two_datasets(stsb_train)
+    losses = {"sts": CoSENTLoss(model), "pairs": MultipleNegativesRankingLoss(model)}
+    rec = Recorder()
+    args = _args(tmp_path, per_device_train_batch_size=1, multi_dataset_batch_sampler=kind)  # global batch 8
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=losses, callbacks=[rec])
+    trainer.train()
+    names = [n for n, _ in rec.batches]
+    # One dataset per batch, and its rows come from that dataset only.
+    for name, rows in rec.batches:
+        assert all(0 <= r < len(data[name]) for r in rows[0])
+    if kind == MultiDatasetBatchSamplers.ROUND_ROBIN:
+        # 40 rows -> 5 batches, 20 rows -> 3 batches: alternate until the smaller is exhausted.
+        assert names == ["sts", "pairs"] * 3
+    else:
+        # Proportional: every batch of every dataset, so 5 + 3, in a seeded shuffled order.
+        assert sorted(names) == ["pairs"] * 3 + ["sts"] * 5
+        assert names != sorted(names)
+        # Every row of each dataset is used exactly once in the epoch.
+        for name, n_rows in (("sts", 40), ("pairs", 20)):
+            used = sorted(r for nm, rows in rec.batches if nm == name for r in rows[0])
+            assert used == list(range(n_rows))
+    assert trainer.compile_count[0] <= 2 * len(trainer.buckets)
+    assert all(np.isfinite(log["loss"]) for log in rec.logs if "loss" in log)
+
+
+def test_logs_and_final_export(tiny_bert_dir, pairs, tmp_path):
+    model = SentenceTransformer(tiny_bert_dir)
+    args = _args(tmp_path, max_steps=4, logging_steps=2, save_final_model=True)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=CoSENTLoss(model)).train()
+    rows = [json.loads(line) for line in open(os.path.join(args.output_dir, "logs.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert {"loss", "grad_norm", "learning_rate", "epoch", "samples_per_second", "tokens_per_second"} <= set(rows[0])
+    exported = SentenceTransformer(os.path.join(args.output_dir, "final"))
+    for a, b in zip(_leaves(exported.params), _leaves(model.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_learning_rate_schedule_matches_transformers(tmp_path):
+    import torch
+    from transformers import get_scheduler
+
+    from stcore_jax.training.optim import make_schedule
+
+    for kind in ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"):
+        args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, lr_scheduler_type=kind,
+                                                    warmup_steps=5)
+        ours = make_schedule(args, 40)
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched = get_scheduler(kind, opt, num_warmup_steps=5, num_training_steps=40)
+        for step in range(40):
+            assert abs(float(ours(step)) - opt.param_groups[0]["lr"]) < 1e-9, (kind, step)
+            opt.step()
+            sched.step()
