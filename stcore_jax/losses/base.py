@@ -31,11 +31,13 @@ Context keywords understood by ``compute_loss_from_embeddings`` (all optional):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, PartitionSpec as P
 
 from stcore_jax import similarity as sim
 
@@ -122,6 +124,51 @@ def masked_sum(values: Array, mask=None) -> Array:
         return jnp.sum(values)
     m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (values.ndim - 1))
     return jnp.sum(values * m)
+
+
+def _explicit_axes(leaves):
+    """The abstract mesh and explicit axis names that any of ``leaves`` is sharded over, if any."""
+    for leaf in leaves:
+        sharding = getattr(jax.typeof(leaf), "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        if mesh is None or not mesh.axis_names:
+            continue
+        axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit)
+        if axes:
+            return mesh, axes
+    return None, ()
+
+
+def sharding_agnostic(fn):
+    """Make a loss body indifferent to explicit sharding ("sharding in types").
+
+    Under an ``Explicit`` mesh (``jax.make_mesh``'s default), reshapes, sorts and matmuls over a
+    sharded batch axis need their output sharding spelled out. A loss body is written for global
+    arrays, so this runs it with the inputs' explicit axes switched to auto
+    (``jax.sharding.auto_axes``): the compiler places the intermediate work (block-diagonal
+    in-batch scores stay on their shard; gathered ones all-gather) and the scalar result is
+    replicated. With auto-sharded or unsharded inputs this is a plain call.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        is_array = [isinstance(x, jax.Array) for x in leaves]
+        mesh, axes = _explicit_axes([x for x, a in zip(leaves, is_array) if a])
+        if not axes:
+            return fn(*args, **kwargs)
+
+        def body(arrays):
+            it = iter(arrays)
+            full = [next(it) if a else x for x, a in zip(leaves, is_array)]
+            a, k = jax.tree.unflatten(treedef, full)
+            return fn(*a, **k)
+
+        with jax.sharding.use_abstract_mesh(mesh):
+            return jax.sharding.auto_axes(body, axes=axes, out_sharding=P())(
+                [x for x, a in zip(leaves, is_array) if a])
+
+    return wrapper
 
 
 def check_context(loss_name: str, context: dict[str, Any]) -> None:

@@ -1,0 +1,161 @@
+"""The trainer-facing entry point of every loss: features in, scalar out.
+
+The trainer never embeds columns itself. It calls::
+
+    compute_loss(loss, forward, params, features, labels, *, dropout_key=None, mask=None,
+                 num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None)
+
+``forward``
+    ``forward(params, features_dict, dropout_key=...) -> features_dict`` (``SentenceTransformer.forward``).
+``features``
+    One feature dict per input column (``input_ids`` ``[B, T_c]``, ``attention_mask``, optionally
+    ``token_type_ids``, ``prompt_length`` ``[B]``). Every column has the same ``B`` rows.
+``dropout_key``
+    ``None`` (no dropout) or ONE typed PRNG key (``jax.random.key``) for the whole step. Row ``i`` of
+    column ``c`` runs with the key ``fold_in(fold_in(dropout_key, c), i)`` (:func:`row_keys`), ``i``
+    being the GLOBAL row index, so the dropout masks of an example do not depend on how the batch
+    is chunked (GradCache) or sharded.
+``mask``, ``num_shards``, ``loss_params``
+    Passed to ``loss.compute_loss_from_embeddings`` as ``mask``, ``num_shards``, ``params``.
+``guide_features``, ``guide_params``
+    GIST losses only. ``guide_features`` are the guide model's own features per column (needed when the
+    guide tokenizes differently; ``None`` = reuse ``features``). ``guide_params`` default to
+    ``loss.guide.params``; pass them as a jit argument to keep a large guide out of the compiled
+    program's constants. The guide runs deterministically (no dropout) and without gradient.
+``key``
+    The key for losses that sample (``loss.needs_key``); ``None`` derives one from ``dropout_key``.
+
+Returns what ``compute_loss_from_embeddings`` returns: a float32 scalar or a dict of them.
+
+If the loss defines its own ``compute_loss`` (the GradCache losses in :mod:`stcore_jax.losses.cached`),
+the call goes there with the same keywords. Otherwise every column is embedded in one forward pass
+(:func:`embed_columns`) and the result goes to ``compute_loss_from_embeddings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# fold_in data for the loss's own sampling key, chosen far from any column index.
+_LOSS_KEY_SALT = 0x7FFF_FFF0
+
+
+def batch_size(features: dict) -> int:
+    """The row count of one column's features (the leading axis of ``input_ids``)."""
+    ids = features.get("input_ids")
+    if ids is None:
+        ids = next(v for v in features.values() if getattr(v, "ndim", 0) >= 1)
+    return int(ids.shape[0])
+
+
+def row_keys(dropout_key, column: int, rows):
+    """Per-row dropout keys of one column: ``fold_in(fold_in(dropout_key, column), rows[j])``.
+
+    Args:
+      dropout_key: one PRNG key, or ``None`` (returns ``None``: no dropout).
+      column: the input column's index.
+      rows: ``[n]`` int global row indices.
+
+    Returns:
+      ``[n]`` keys (typed keys for a typed ``dropout_key``), or ``None``.
+    """
+    if dropout_key is None:
+        return None
+    base = jax.random.fold_in(dropout_key, column)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(rows, jnp.uint32))
+
+
+def embed_columns(forward: Callable, params, features: Sequence[dict], dropout_key=None) -> list[Array]:
+    """Embed every column in one forward pass each (the uncached path): a list of ``[B, D]`` arrays,
+    differentiable w.r.t. ``params``, with the per-row dropout keys of :func:`row_keys`."""
+    out = []
+    for c, feats in enumerate(features):
+        keys = row_keys(dropout_key, c, jnp.arange(batch_size(feats)))
+        out.append(forward(params, feats, dropout_key=keys)["sentence_embedding"])
+    return out
+
+
+# --- guide model (GIST) ----------------------------------------------------------------------------
+def has_guide(loss) -> bool:
+    return getattr(loss, "guide", None) is not None
+
+
+def guide_needs_own_features(loss) -> bool:
+    """The reference's ``must_retokenize``: the guide tokenizes differently from the trained model
+    (other vocabulary, or a shorter ``max_seq_length``), so it needs its own ``guide_features``."""
+    cached = getattr(loss, "_guide_needs_own_features", None)
+    if cached is not None:
+        return cached
+    model, guide = getattr(loss, "model", None), loss.guide
+    try:
+        needs = (model.tokenizer.get_vocab() != guide.tokenizer.get_vocab()
+                 or guide.max_seq_length < model.max_seq_length)
+    except AttributeError:  # no model given, or not a SentenceTransformer: trust the caller
+        needs = False
+    try:
+        loss._guide_needs_own_features = needs
+    except AttributeError:
+        pass
+    return needs
+
+
+def guide_inputs(loss, features, guide_features, guide_params):
+    """``(guide_forward, guide_params, guide_features)`` for a GIST loss, with the checks."""
+    if guide_features is None:
+        if guide_needs_own_features(loss):
+            raise ValueError(
+                f"{type(loss).__name__}: the guide model tokenizes differently from the trained model "
+                f"(other vocabulary or shorter max_seq_length); pass guide_features= tokenized with the guide.")
+        guide_features = features
+    if len(guide_features) != len(features):
+        raise ValueError(f"Got {len(features)} feature columns but {len(guide_features)} guide feature columns.")
+    if guide_params is None:
+        guide_params = loss.guide.params
+    return loss.guide.forward, guide_params, list(guide_features)
+
+
+def embed_guide(loss, features, guide_features=None, guide_params=None) -> list[Array]:
+    """The guide's embeddings of every column: deterministic (no dropout), without gradient."""
+    forward, gparams, gfeats = guide_inputs(loss, features, guide_features, guide_params)
+    gparams = jax.lax.stop_gradient(gparams)
+    return [jax.lax.stop_gradient(forward(gparams, f)["sentence_embedding"]) for f in gfeats]
+
+
+# --- dispatch ------------------------------------------------------------------------------------
+def loss_context(loss, *, mask=None, num_shards=None, loss_params=None, key=None, dropout_key=None) -> dict:
+    """Keywords for ``compute_loss_from_embeddings``, leaving out the ones that are not set."""
+    ctx = {}
+    if mask is not None:
+        ctx["mask"] = mask
+    if num_shards is not None:
+        ctx["num_shards"] = num_shards
+    if loss_params is not None:
+        ctx["params"] = loss_params
+    if getattr(loss, "needs_key", False):
+        if key is None:
+            if dropout_key is None:
+                raise ValueError(f"{type(loss).__name__} samples at random: pass key= (or a dropout_key).")
+            key = jax.random.fold_in(dropout_key, _LOSS_KEY_SALT)
+        ctx["key"] = key
+    return ctx
+
+
+def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labels=None, *, dropout_key=None,
+                 mask=None, num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None):
+    """Loss of one batch from its features (see the module docstring for every argument)."""
+    features = list(features)
+    own = getattr(loss, "compute_loss", None)
+    if own is not None:
+        return own(forward, params, features, labels, dropout_key=dropout_key, mask=mask, num_shards=num_shards,
+                   loss_params=loss_params, guide_features=guide_features, guide_params=guide_params, key=key)
+    embeddings = embed_columns(forward, params, features, dropout_key)
+    ctx = loss_context(loss, mask=mask, num_shards=num_shards, loss_params=loss_params, key=key,
+                       dropout_key=dropout_key)
+    if has_guide(loss):
+        ctx["guide_embeddings"] = embed_guide(loss, features, guide_features, guide_params)
+    return loss.compute_loss_from_embeddings(embeddings, labels, **ctx)
