@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 _BLOCK_ELEMENTS = 1 << 24  # gathered document floats per device block
 
 
-@functools.partial(jax.jit, static_argnames=("at_k", "scorer"))
-def rank_metrics(queries, docs, relevant, valid, *, at_k, scorer):
+@functools.partial(jax.jit, static_argnames=("scorer",))
+def rank_metrics(queries, docs, relevant, valid, at_k, *, scorer):
     """Per-sample MRR@k, NDCG@k and average precision.
 
     Args:
@@ -34,7 +34,7 @@ def rank_metrics(queries, docs, relevant, valid, *, at_k, scorer):
       docs: ``[B, N, D]`` each sample's candidate embeddings (padding where ``~valid``).
       relevant: ``[B, N]`` bool, True for positives.
       valid: ``[B, N]`` bool, False for padding.
-      at_k: cut-off of MRR and NDCG.
+      at_k: cut-off of MRR and NDCG (a traced scalar: one compilation serves every k).
       scorer: ``Scorer`` of the similarity.
 
     Returns:
@@ -48,10 +48,13 @@ def rank_metrics(queries, docs, relevant, valid, *, at_k, scorer):
     s = jnp.take_along_axis(scores, order, axis=1)
     rel = jnp.take_along_axis(relevant & valid, order, axis=1).astype(jnp.float32)
     n = s.shape[1]
-    pos = jnp.arange(n)
+    pos = jnp.broadcast_to(jnp.arange(n), s.shape)
     # First and last sorted position of each element's tie group.
-    start = jax.vmap(lambda row: jnp.searchsorted(-row, -row, side="left"))(s)
-    end = jax.vmap(lambda row: jnp.searchsorted(-row, -row, side="right"))(s) - 1
+    differs = s[:, 1:] != s[:, :-1]
+    is_first = jnp.concatenate([jnp.ones_like(differs[:, :1]), differs], axis=1)
+    is_last = jnp.concatenate([differs, jnp.ones_like(differs[:, :1])], axis=1)
+    start = jax.lax.cummax(jnp.where(is_first, pos, 0), axis=1)
+    end = jax.lax.cummin(jnp.where(is_last, pos, n - 1), axis=1, reverse=True)
     cum = jnp.cumsum(rel, axis=1)
     num_pos = cum[:, -1]
 
@@ -63,8 +66,8 @@ def rank_metrics(queries, docs, relevant, valid, *, at_k, scorer):
     group_gain = jnp.take_along_axis(cum, end, 1) - jnp.take_along_axis(cum, start, 1) + jnp.take_along_axis(rel, start, 1)
     mean_gain = group_gain / (end - start + 1.0)
     discount = jnp.where(pos < at_k, 1.0 / jnp.log2(pos + 2.0), 0.0)
-    dcg = jnp.sum(mean_gain * discount[None, :], axis=1)
-    ideal = jnp.sum(jnp.where(pos[None, :] < jnp.minimum(num_pos, at_k)[:, None], discount[None, :], 0.0), axis=1)
+    dcg = jnp.sum(mean_gain * discount, axis=1)
+    ideal = jnp.sum(jnp.where(pos < jnp.minimum(num_pos, at_k)[:, None], discount, 0.0), axis=1)
     ndcg = jnp.where(ideal > 0, dcg / ideal, 0.0)
     return mrr, ndcg, ap
 
@@ -179,7 +182,7 @@ class RerankingEvaluator(SentenceEvaluator):
             index[: len(rows)] = np.where(valid[: len(rows)], offsets[rows, None] + col, 0)
             q = np.zeros((block, dim), np.float32)
             q[: len(rows)] = query_embeddings[rows]
-            mrr, ndcg, ap = rank_metrics(q, doc_emb[index], relevant, valid, at_k=self.at_k, scorer=scorer)
+            mrr, ndcg, ap = rank_metrics(q, doc_emb[index], relevant, valid, np.int32(self.at_k), scorer=scorer)
             results.append(np.stack([np.asarray(mrr), np.asarray(ndcg), np.asarray(ap)], 1)[: len(rows)])
         mrr, ndcg, ap = np.concatenate(results).astype(np.float64).T
         return {"map": float(np.mean(ap)), "mrr": float(np.mean(mrr)), "ndcg": float(np.mean(ndcg))}

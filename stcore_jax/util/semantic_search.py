@@ -218,6 +218,21 @@ class ChunkedTopK:
                 )
             self.seen += n_valid
 
+    def compiled_step(self, dim: int):
+        """The compiled per-block step for ``dim``-wide embeddings; its ``memory_analysis()`` is the
+        device footprint of one ``[query_chunk, corpus_chunk]`` block, whatever the corpus size."""
+        spec = jax.ShapeDtypeStruct
+        return topk_chunk_step.lower(
+            spec((self.query_chunk, self.k), jnp.float32),
+            spec((self.query_chunk, self.k), jnp.int32),
+            spec((self.query_chunk, dim), jnp.float32),
+            spec((self.corpus_chunk, dim), jnp.float32),
+            spec((), jnp.int32),
+            spec((), jnp.int32),
+            k=self.k,
+            scorer=self.scorer,
+        ).compile()
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.k, self.seen)
         if not self._chunks:
