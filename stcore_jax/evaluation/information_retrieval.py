@@ -264,10 +264,21 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
             num_relevant[q] = len(docs)
             relevant_keys.extend(q * n + cid_rank[cid] for cid in docs if cid in cid_rank)
         hit_keys = np.arange(len(self.queries_ids))[:, None] * n + top_pos
-        return np.isin(hit_keys, np.asarray(relevant_keys, np.int64)), num_relevant
+        return np.isin(hit_keys, np.asarray(relevant_keys, np.int64)) & (top_pos >= 0), num_relevant
+
+    def compute_metrics(self, queries_result_list: list[list[dict]]) -> dict[str, dict[int, float]]:
+        """Metrics from per-query hit lists ``[{"corpus_id", "score"}, …]`` (the reference's format)."""
+        rank_of = {self.corpus_ids[p]: r for r, p in enumerate(self._id_order.tolist())}
+        width = max((len(hits) for hits in queries_result_list), default=0)
+        top_pos = np.full((len(queries_result_list), width), -1, np.int64)
+        for q, hits in enumerate(queries_result_list):
+            ranked = sorted(hits, key=lambda hit: (-hit["score"], hit["corpus_id"]))
+            top_pos[q, : len(ranked)] = [rank_of.get(hit["corpus_id"], -1) for hit in ranked]
+        return self.compute_metrics_from_ranking(top_pos)
 
     def compute_metrics_from_ranking(self, top_pos: np.ndarray) -> dict[str, dict[int, float]]:
-        """Metrics from ``top_pos [Q, k]``: each query's hits (positions in corpus-id order), best first."""
+        """Metrics from ``top_pos [Q, k]``: each query's hits (positions in corpus-id order, ``-1`` for
+        none), best first."""
         relevant, num_relevant = self._relevance(top_pos)
         num_queries = len(self.queries)
         hits = relevant.astype(np.float64)
@@ -322,6 +333,10 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
             logger.info(f"NDCG@{k}: {v:.4f}")
         for k, v in scores["map@k"].items():
             logger.info(f"MAP@{k}: {v:.4f}")
+
+    @staticmethod
+    def compute_dcg_at_k(relevances, k):
+        return sum(relevances[i] / np.log2(i + 2) for i in range(min(len(relevances), k)))
 
     def embed_inputs(
         self, model, sentences: Sequence[Any], encode_fn_name: str | None = None, prompt_name=None, prompt=None, **kwargs

@@ -26,6 +26,19 @@ def test_embedding_similarity(sts_test, check_parity):
     )
 
 
+@pytest.mark.parametrize("precision", ["int8", "binary"])
+def test_embedding_similarity_quantized(sts_test, our_model, ref_model, precision):
+    """``precision`` goes to the models' own ``encode`` (no cache): a 48-pair slice."""
+    s1, s2, scores = (column[:48] for column in sts_test)
+    # batch_size=64: the batch shape the session's encodes already compiled.
+    kwargs = dict(precision=precision, similarity_fn_names=["cosine", "euclidean"], name="q", batch_size=64)
+    ours = our_eval.EmbeddingSimilarityEvaluator(s1, s2, scores, **kwargs)(our_model._model)
+    ref = ref_eval.EmbeddingSimilarityEvaluator(s1, s2, scores, **kwargs)(ref_model._model)
+    assert list(ours) == list(ref)
+    for key in ref:
+        assert ours[key] == pytest.approx(ref[key], abs=1e-4), key
+
+
 def test_embedding_similarity_all_functions(sts_test, check_parity):
     s1, s2, scores = sts_test
     fns = ["cosine", "euclidean", "manhattan", "dot"]
@@ -142,6 +155,17 @@ def test_mse(sts_test, our_model, ref_model, check_parity):
     check_parity(
         our_eval.MSEEvaluator(s1, s2, teacher_model=our_model, name="sts-mse"),
         ref_eval.MSEEvaluator(s1, s2, teacher_model=ref_model, name="sts-mse"),
+        atol=1e-5,
+    )
+
+
+def test_mse_from_dataframe(sts_test, our_model, ref_model, check_parity):
+    s1, s2, _ = sts_test
+    rows = [{"en": a, "de": b, "fr": ""} for a, b in zip(s1[:400], s2[:400])] + [{"en": "x", "de": "", "fr": "y"}]
+    combinations = [("en", "de"), ("de", "en"), ("en", "fr")]
+    check_parity(
+        our_eval.MSEEvaluatorFromDataFrame(rows, our_model, combinations, name="df"),
+        ref_eval.MSEEvaluatorFromDataFrame(rows, ref_model, combinations, name="df"),
         atol=1e-5,
     )
 

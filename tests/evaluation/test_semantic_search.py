@@ -112,6 +112,12 @@ def test_ir_metrics_chunked_equal_unchunked_and_reference():
         for k, value in per_k.items():
             assert results[0]["dot"][metric][k] == pytest.approx(value, abs=1e-12), (metric, k)
 
+    # The reference-format entry point: hit lists per query, in any order.
+    scores = q_emb @ c_emb.T
+    doc_ids = list(corpus)
+    hits = [[{"corpus_id": doc_ids[j], "score": float(row[j])} for j in rng.permutation(500)] for row in scores]
+    assert ours.compute_metrics(hits) == results[0]["dot"]
+
 
 def test_200k_corpus_is_searched_in_bounded_blocks():
     rng = np.random.default_rng(4)
