@@ -68,9 +68,8 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
         self.name = name
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
-        self.csv_file = (
-            "similarity_evaluation" + (f"_{name}" if name else "") + (f"_{precision}" if precision else "") + "_results.csv"
-        )
+        suffix = (f"_{name}" if name else "") + (f"_{precision}" if precision else "")
+        self.csv_file = f"similarity_evaluation{suffix}_results.csv"
         self.csv_headers = ["epoch", "steps"]
         self._append_csv_headers(self.similarity_fn_names)
 

@@ -178,7 +178,11 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         """
         if query_embeddings is None:
             query_embeddings = self.embed_inputs(
-                model, self.queries, encode_fn_name="query", prompt_name=self.query_prompt_name, prompt=self.query_prompt
+                model,
+                self.queries,
+                encode_fn_name="query",
+                prompt_name=self.query_prompt_name,
+                prompt=self.query_prompt,
             )
         if self.score_functions is None:
             self.score_functions = self._model_score_functions(model)
@@ -221,27 +225,27 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
     def _search_and_score(self, query_embeddings, corpus_chunks, output_path=None):
         n_corpus = len(self.corpus)
         k = min(self.max_k, n_corpus)
-        searches = {
-            fn: ChunkedTopK(
-                query_embeddings,
-                k,
-                score_function=score_fn,
-                query_chunk_size=self.query_chunk_size,
-                corpus_chunk_size=self.corpus_chunk_size,
-                corpus_size=n_corpus,
-            )
-            for fn, score_fn in self.score_functions.items()
-        } if k > 0 else {}
+        searches = {}
+        if k > 0:
+            searches = {
+                fn: ChunkedTopK(
+                    query_embeddings,
+                    k,
+                    score_function=score_fn,
+                    query_chunk_size=self.query_chunk_size,
+                    corpus_chunk_size=self.corpus_chunk_size,
+                    corpus_size=n_corpus,
+                )
+                for fn, score_fn in self.score_functions.items()
+            }
         for chunk in corpus_chunks:
             for search in searches.values():
                 search.add(chunk)
 
         scores = {}
+        empty = np.zeros((len(self.queries), 0), np.float32), np.zeros((len(self.queries), 0), np.int64)
         for fn in self.score_functions:
-            if k > 0:
-                top_scores, top_pos = searches[fn].result()
-            else:
-                top_scores, top_pos = np.zeros((len(self.queries), 0), np.float32), np.zeros((len(self.queries), 0), np.int64)
+            top_scores, top_pos = searches[fn].result() if k > 0 else empty
             if self.write_predictions and output_path is not None:
                 self._write_predictions(output_path, fn, top_scores, top_pos)
             scores[fn] = self.compute_metrics_from_ranking(top_pos)
@@ -283,11 +287,14 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         num_queries = len(self.queries)
         hits = relevant.astype(np.float64)
         discount = 1.0 / np.log2(np.arange(hits.shape[1]) + 2)
-        first_hit = np.where(relevant.any(1), relevant.argmax(1), np.iinfo(np.int64).max)
+        first_hit = np.full(len(relevant), np.iinfo(np.int64).max)
+        if relevant.shape[1]:
+            first_hit = np.where(relevant.any(1), relevant.argmax(1), first_hit)
         accuracy = {k: float(np.sum(relevant[:, :k].any(1))) / num_queries for k in self.accuracy_at_k}
         precision = {k: np.mean(hits[:, :k].sum(1) / k) for k in self.precision_recall_at_k}
         recall = {k: np.mean(hits[:, :k].sum(1) / num_relevant) for k in self.precision_recall_at_k}
-        mrr = {k: float(np.sum(np.where(first_hit < k, 1.0 / (first_hit + 1.0), 0.0))) / num_queries for k in self.mrr_at_k}
+        reciprocal_rank = 1.0 / (first_hit + 1.0)
+        mrr = {k: float(np.sum(np.where(first_hit < k, reciprocal_rank, 0.0))) / num_queries for k in self.mrr_at_k}
         ndcg = {}
         for k in self.ndcg_at_k:
             dcg = (hits[:, :k] * discount[:k]).sum(1)
@@ -339,7 +346,13 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         return sum(relevances[i] / np.log2(i + 2) for i in range(min(len(relevances), k)))
 
     def embed_inputs(
-        self, model, sentences: Sequence[Any], encode_fn_name: str | None = None, prompt_name=None, prompt=None, **kwargs
+        self,
+        model,
+        sentences: Sequence[Any],
+        encode_fn_name: str | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs,
     ) -> np.ndarray:
         return embed(
             model,

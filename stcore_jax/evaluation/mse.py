@@ -56,7 +56,8 @@ class MSEEvaluator(SentenceEvaluator):
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
         target_embeddings = self.embed_inputs(model, self.target_sentences)
         mse = _mse_x100(self.source_embeddings, target_embeddings)
-        logger.info(f"MSE evaluation (lower = better) on the {self.name} dataset{epoch_text(epoch, steps, self.truncate_dim)}:")
+        when = epoch_text(epoch, steps, self.truncate_dim)
+        logger.info(f"MSE evaluation (lower = better) on the {self.name} dataset{when}:")
         logger.info(f"MSE (*100):\t{mse:4f}")
         if output_path is not None and self.write_csv:
             append_csv_row(output_path, self.csv_file, self.csv_headers, [epoch, steps, mse])
@@ -134,7 +135,12 @@ class MSEEvaluatorFromDataFrame(SentenceEvaluator):
 
     def embed_inputs(self, model, sentences, **kwargs) -> np.ndarray:
         return embed(
-            model, sentences, batch_size=self.batch_size, show_progress_bar=None, truncate_dim=self.truncate_dim, **kwargs
+            model,
+            sentences,
+            batch_size=self.batch_size,
+            show_progress_bar=None,
+            truncate_dim=self.truncate_dim,
+            **kwargs,
         )
 
     @property

@@ -142,9 +142,8 @@ class NanoBEIREvaluator(SentenceEvaluator):
     _append_csv_headers = InformationRetrievalEvaluator._append_csv_headers
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args, **kwargs):
-        logger.info(
-            f"NanoBEIR Evaluation of the model on {self.dataset_names} dataset{epoch_text(epoch, steps, self.truncate_dim)}:"
-        )
+        when = epoch_text(epoch, steps, self.truncate_dim)
+        logger.info(f"NanoBEIR Evaluation of the model on {self.dataset_names} dataset{when}:")
         if self._score_functions_from_model:
             self.score_functions = self.evaluators[0]._model_score_functions(model)
             if self.score_function_names != sorted(self.score_functions):
@@ -229,7 +228,9 @@ class NanoBEIREvaluator(SentenceEvaluator):
             table = self._load_from_id(subset, split)
             source = f"dataset {self.dataset_id!r}"
         if missing := set(required_columns) - set(_columns_of(table)):
-            raise ValueError(f"Subset '{subset}' split '{split}' from {source} is missing required columns: {sorted(missing)}.")
+            raise ValueError(
+                f"Subset '{subset}' split '{split}' from {source} is missing required columns: {sorted(missing)}."
+            )
         return _rows_of(table)
 
     def _load_from_id(self, subset: str, split: str):
@@ -244,7 +245,8 @@ class NanoBEIREvaluator(SentenceEvaluator):
             return datasets.load_dataset(self.dataset_id, subset, split=split)
         except Exception as e:
             raise ValueError(
-                f"Could not load subset '{subset}' split '{split}' from dataset '{self.dataset_id}' ({type(e).__name__}: {e}). "
+                f"Could not load subset '{subset}' split '{split}' from dataset '{self.dataset_id}' "
+                f"({type(e).__name__}: {e}). "
                 "Without network access, pass the data explicitly: dataset_id='/path/to/NanoBEIR-en' (a local snapshot "
                 "of the Hugging Face dataset repository, or a directory with one `save_to_disk` DatasetDict per subset "
                 "'corpus', 'queries', 'qrels' whose splits are named like 'NanoMSMARCO'), or "

@@ -35,7 +35,12 @@ def paraphrase_mining_embeddings(
     emb = _rows(embeddings)
     n = emb.shape[0]
     scores, idx = top_k_search(
-        emb, emb, top_k + 1, score_function=score_function, query_chunk_size=query_chunk_size, corpus_chunk_size=corpus_chunk_size
+        emb,
+        emb,
+        top_k + 1,
+        score_function=score_function,
+        query_chunk_size=query_chunk_size,
+        corpus_chunk_size=corpus_chunk_size,
     )
     query = np.broadcast_to(np.arange(n)[:, None], idx.shape)
     not_self = idx != query
@@ -115,9 +120,8 @@ class ParaphraseMiningEvaluator(SentenceEvaluator):
         self.primary_metric = "average_precision"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        logger.info(
-            f"Paraphrase Mining Evaluation of the model on the {self.name} dataset{epoch_text(epoch, steps, self.truncate_dim)}:"
-        )
+        when = epoch_text(epoch, steps, self.truncate_dim)
+        logger.info(f"Paraphrase Mining Evaluation of the model on the {self.name} dataset{when}:")
         embeddings = embed(
             model,
             self.sentences,
@@ -193,7 +197,11 @@ class ParaphraseMiningEvaluator(SentenceEvaluator):
         return graph
 
     def get_config_dict(self):
-        config = {"add_transitive_closure": self._add_transitive_closure, "max_pairs": self.max_pairs, "top_k": self.top_k}
+        config = {
+            "add_transitive_closure": self._add_transitive_closure,
+            "max_pairs": self.max_pairs,
+            "top_k": self.top_k,
+        }
         if self.truncate_dim is not None:
             config["truncate_dim"] = self.truncate_dim
         return config

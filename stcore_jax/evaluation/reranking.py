@@ -56,14 +56,17 @@ def rank_metrics(queries, docs, relevant, valid, at_k, *, scorer):
     start = jax.lax.cummax(jnp.where(is_first, pos, 0), axis=1)
     end = jax.lax.cummin(jnp.where(is_last, pos, n - 1), axis=1, reverse=True)
     cum = jnp.cumsum(rel, axis=1)
+    cum_at_end = jnp.take_along_axis(cum, end, 1)
     num_pos = cum[:, -1]
 
     first = jnp.argmax(rel > 0, axis=1)
     mrr = jnp.where(first < at_k, 1.0 / (first + 1.0), 0.0)
 
-    ap = jnp.sum(rel * jnp.take_along_axis(cum, end, 1) / (end + 1.0), axis=1) / num_pos
+    # sklearn: one precision point per distinct score, i.e. each positive gets its group's precision.
+    ap = jnp.sum(rel * cum_at_end / (end + 1.0), axis=1) / num_pos
 
-    group_gain = jnp.take_along_axis(cum, end, 1) - jnp.take_along_axis(cum, start, 1) + jnp.take_along_axis(rel, start, 1)
+    # sklearn's tie-averaged DCG: each position gets the mean gain of its tie group.
+    group_gain = cum_at_end - jnp.take_along_axis(cum, start, 1) + jnp.take_along_axis(rel, start, 1)
     mean_gain = group_gain / (end - start + 1.0)
     discount = jnp.where(pos < at_k, 1.0 / jnp.log2(pos + 2.0), 0.0)
     dcg = jnp.sum(mean_gain * discount, axis=1)
@@ -122,9 +125,8 @@ class RerankingEvaluator(SentenceEvaluator):
         self.primary_metric = f"ndcg@{self.at_k}"
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        logger.info(
-            f"RerankingEvaluator: Evaluating the model on the {self.name} dataset{epoch_text(epoch, steps, self.truncate_dim)}:"
-        )
+        when = epoch_text(epoch, steps, self.truncate_dim)
+        logger.info(f"RerankingEvaluator: Evaluating the model on the {self.name} dataset{when}:")
         scores = self.compute_metrics(model)
         num_pos = [len(s["positive"]) for s in self.samples]
         num_neg = [len(s["negative"]) for s in self.samples]
@@ -147,11 +149,13 @@ class RerankingEvaluator(SentenceEvaluator):
     def compute_metrics(self, model) -> dict[str, float]:
         """``{"map", "mrr", "ndcg"}`` averaged over samples."""
         docs = [[*s["positive"], *s["negative"]] for s in self.samples]
+        queries = [s["query"] for s in self.samples]
         if self.use_batched_encoding:
-            query_emb = self.embed_inputs(model, [s["query"] for s in self.samples], encode_fn_name="query")
-            doc_emb = self.embed_inputs(model, [d for sample_docs in docs for d in sample_docs], encode_fn_name="document")
+            query_emb = self.embed_inputs(model, queries, encode_fn_name="query")
+            all_docs = [d for sample_docs in docs for d in sample_docs]
+            doc_emb = self.embed_inputs(model, all_docs, encode_fn_name="document")
         else:
-            query_emb = np.concatenate([self.embed_inputs(model, [s["query"]], encode_fn_name="query") for s in self.samples])
+            query_emb = np.concatenate([self.embed_inputs(model, [q], encode_fn_name="query") for q in queries])
             doc_emb = np.concatenate([self.embed_inputs(model, d, encode_fn_name="document") for d in docs])
         return self.compute_metrics_from_embeddings(query_emb, doc_emb)
 

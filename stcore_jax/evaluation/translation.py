@@ -54,8 +54,9 @@ class TranslationEvaluator(SentenceEvaluator):
         )
         emb1 = self.embed_inputs(model, self.source_sentences)
         emb2 = self.embed_inputs(model, self.target_sentences)
-        scores12, best12 = top_k_search(emb1, emb2, 1, score_function=cos_sim, query_chunk_size=1024, corpus_chunk_size=65536)
-        _, best21 = top_k_search(emb2, emb1, 1, score_function=cos_sim, query_chunk_size=1024, corpus_chunk_size=65536)
+        chunks = dict(score_function=cos_sim, query_chunk_size=1024, corpus_chunk_size=65536)
+        scores12, best12 = top_k_search(emb1, emb2, 1, **chunks)
+        _, best21 = top_k_search(emb2, emb1, 1, **chunks)
 
         correct_src2trg = 0
         for i, j in enumerate(best12[:, 0].tolist()):

@@ -66,7 +66,9 @@ class TripletEvaluator(SentenceEvaluator):
         if not self.similarity_fn_names and self.main_similarity_function is not None:
             self.similarity_fn_names = [self.main_similarity_function.value]
         if unknown := sorted(set(self.similarity_fn_names) - set(_FUNCTIONS)):
-            raise ValueError(f"`similarity_fn_names` got unexpected names {unknown}, expected names in {list(_FUNCTIONS)}.")
+            raise ValueError(
+                f"`similarity_fn_names` got unexpected names {unknown}, expected names in {list(_FUNCTIONS)}."
+            )
         if margin is None:
             self.margin = {k: 0 for k in _FUNCTIONS}
         elif isinstance(margin, (float, int)):
@@ -88,9 +90,8 @@ class TripletEvaluator(SentenceEvaluator):
         self.csv_headers += [f"accuracy_{fn}" for fn in similarity_fn_names]
 
     def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        logger.info(
-            f"TripletEvaluator: Evaluating the model on the {self.name} dataset{epoch_text(epoch, steps, self.truncate_dim)}:"
-        )
+        when = epoch_text(epoch, steps, self.truncate_dim)
+        logger.info(f"TripletEvaluator: Evaluating the model on the {self.name} dataset{when}:")
         emb_a = self.embed_inputs(model, self.anchors, encode_fn_name="query")
         emb_p = self.embed_inputs(model, self.positives, encode_fn_name="document")
         emb_n = self.embed_inputs(model, self.negatives, encode_fn_name="document")

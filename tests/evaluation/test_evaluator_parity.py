@@ -123,7 +123,9 @@ def _reranking_samples(sts):
 
 def test_reranking(sts_test, check_parity):
     samples = _reranking_samples(sts_test)
-    check_parity(our_eval.RerankingEvaluator(samples, name="sts-rr"), ref_eval.RerankingEvaluator(samples, name="sts-rr"))
+    check_parity(
+        our_eval.RerankingEvaluator(samples, name="sts-rr"), ref_eval.RerankingEvaluator(samples, name="sts-rr")
+    )
     check_parity(our_eval.RerankingEvaluator(samples, at_k=3), ref_eval.RerankingEvaluator(samples, at_k=3), once=True)
 
 
@@ -195,7 +197,9 @@ def test_paraphrase_mining(sts_test, check_parity):
 
 def test_translation(sts_test, check_parity):
     s1, s2, _ = sts_test
-    check_parity(our_eval.TranslationEvaluator(s1, s2, name="sts-tr"), ref_eval.TranslationEvaluator(s1, s2, name="sts-tr"))
+    check_parity(
+        our_eval.TranslationEvaluator(s1, s2, name="sts-tr"), ref_eval.TranslationEvaluator(s1, s2, name="sts-tr")
+    )
 
 
 def test_sequential(sts_test, check_parity):

@@ -18,7 +18,11 @@ from stcore_jax.util.semantic_search import ChunkedTopK, top_k_search, topk_chun
 
 @pytest.mark.parametrize(
     ("ours_fn", "ref_fn"),
-    [(similarity.cos_sim, ref_util.cos_sim), (similarity.dot_score, ref_util.dot_score), ("euclidean", ref_util.euclidean_sim)],
+    [
+        (similarity.cos_sim, ref_util.cos_sim),
+        (similarity.dot_score, ref_util.dot_score),
+        ("euclidean", ref_util.euclidean_sim),
+    ],
 )
 @pytest.mark.parametrize(("query_chunk", "corpus_chunk", "top_k"), [(100, 500000, 10), (7, 64, 25), (3, 5, 400)])
 def test_semantic_search_matches_reference(ours_fn, ref_fn, query_chunk, corpus_chunk, top_k):
@@ -26,7 +30,8 @@ def test_semantic_search_matches_reference(ours_fn, ref_fn, query_chunk, corpus_
     queries = rng.normal(size=(23, 16)).astype(np.float32)
     corpus = rng.normal(size=(300, 16)).astype(np.float32)
     ours = semantic_search(queries, corpus, query_chunk, corpus_chunk, top_k, ours_fn)
-    ref = ref_util.semantic_search(torch.from_numpy(queries), torch.from_numpy(corpus), query_chunk, corpus_chunk, top_k, ref_fn)
+    q, c = torch.from_numpy(queries), torch.from_numpy(corpus)
+    ref = ref_util.semantic_search(q, c, query_chunk, corpus_chunk, top_k, ref_fn)
     assert len(ours) == len(ref) == 23
     for o, r in zip(ours, ref):
         assert [h["corpus_id"] for h in o] == [h["corpus_id"] for h in r]
@@ -54,7 +59,9 @@ def test_chunking_does_not_change_ties():
     scores = queries @ corpus.T
     expected = np.stack([np.lexsort((np.arange(333), -row))[:30] for row in scores])
     for query_chunk, corpus_chunk in [(64, 1000), (8, 16), (5, 31), (40, 333)]:
-        s, idx = top_k_search(queries, corpus, 30, score_function="dot", query_chunk_size=query_chunk, corpus_chunk_size=corpus_chunk)
+        s, idx = top_k_search(
+            queries, corpus, 30, score_function="dot", query_chunk_size=query_chunk, corpus_chunk_size=corpus_chunk
+        )
         np.testing.assert_array_equal(idx, expected)
         np.testing.assert_array_equal(s, np.take_along_axis(scores, expected, 1))
     order = rng.permutation(333)  # ties then break by position in this order
@@ -98,15 +105,19 @@ def test_ir_metrics_chunked_equal_unchunked_and_reference():
     kept = [q for q in queries if q in relevant]
     q_emb = _integer_embeddings(rng, 60, 5)[[int(q[1:]) for q in kept]]
     c_emb = _integer_embeddings(rng, 500, 5)
-    kwargs = dict(mrr_at_k=[1, 10], ndcg_at_k=[5, 20], accuracy_at_k=[1, 3], precision_recall_at_k=[2, 30], map_at_k=[50])
+    kwargs = dict(
+        mrr_at_k=[1, 10], ndcg_at_k=[5, 20], accuracy_at_k=[1, 3], precision_recall_at_k=[2, 30], map_at_k=[50]
+    )
 
     results = []
     for corpus_chunk, query_chunk in [(10_000, 1024), (37, 8), (500, 1)]:
-        ours = InformationRetrievalEvaluator(queries, corpus, relevant, corpus_chunk_size=corpus_chunk, query_chunk_size=query_chunk, **kwargs)
+        ours = InformationRetrievalEvaluator(
+            queries, corpus, relevant, corpus_chunk_size=corpus_chunk, query_chunk_size=query_chunk, **kwargs
+        )
         results.append(ours.compute_metrics_from_embeddings(q_emb, c_emb, {"dot": similarity.dot_score}))
     assert results[0] == results[1] == results[2]
 
-    ref = RefIR(queries, corpus, relevant, corpus_chunk_size=10_000, score_functions={"dot": ref_util.dot_score}, **kwargs)
+    ref = RefIR(queries, corpus, relevant, score_functions={"dot": ref_util.dot_score}, **kwargs)
     expected = ref.compute_all_metrics(_Precomputed(q_emb), corpus_embeddings=torch.from_numpy(c_emb))
     for metric, per_k in expected["dot"].items():
         for k, value in per_k.items():
