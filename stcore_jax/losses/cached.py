@@ -31,11 +31,17 @@ Chunk layout and sharding. A batch sharded over ``num_shards`` data-parallel dev
 ``m`` rows of every chunk and no features move between devices. A chunk has ``num_shards * m`` rows
 (``mini_batch_size`` when it divides evenly). When ``m`` does not divide ``B / num_shards`` each block
 is padded at its end by repeating its last row (a real example, so its forward pass stays finite);
-the padded rows are dropped before the loss and receive zero gradient.
+the padded rows are dropped before the loss and receive zero gradient. In the replay the parameter
+gradient is accumulated per block (``[num_shards, ...]``, one block per device, found by XLA's sharding
+propagation) and summed after the chunk loop: a data-parallel step all-reduces the gradient once, not
+once per chunk. (Run with ``num_shards > 1`` on ONE device, as the tests do, that accumulator holds
+``num_shards`` copies of the parameters.) The batch is expected sharded with automatic axes (a
+``Mesh``/``NamedSharding`` batch, as the trainer places it); the chunking reshapes also keep an
+``Explicit`` sharding, but the encoders do not run under one yet.
 
-The embedding memory is ``O(B * D)`` and the loss's own ``[B, B]`` logits are still computed in one
-piece (the reference also chunks those; for the batch sizes that fit a ``[B, B]`` float32 matrix that
-is not the bottleneck). ``mini_batch_num_tokens`` (packing chunks by token count) needs dynamic
+What stays whole: the ``[B, D]`` embeddings and the loss's logits (``[B, (1 + n) * B]`` float32, 8 MiB
+at B = 1,024 with one hard negative), which the reference also computes in row chunks; at batch sizes
+where that matters, use ``gather_across_devices=False`` or more shards. ``mini_batch_num_tokens`` (packing chunks by token count) needs dynamic
 shapes; it is accepted and validated for signature compatibility, and chunks are by
 ``mini_batch_size``. ``show_progress_bar`` is accepted and ignored (the chunks run inside one
 compiled step).

@@ -14,7 +14,7 @@ from stcore_jax import SentenceTransformer
 from stcore_jax.losses.cached import (CachedGISTEmbedLoss, CachedMultipleNegativesRankingLoss,
                                       CachedMultipleNegativesSymmetricRankingLoss, chunk_layout, from_chunks,
                                       to_chunks)
-from stcore_jax.losses.embed import compute_loss
+from stcore_jax.losses.embed import compute_loss, row_keys
 from stcore_jax.losses.gist import GISTEmbedLoss
 from stcore_jax.losses.mnrl import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
 
@@ -76,6 +76,24 @@ def test_chunks_take_rows_from_every_shard_and_round_trip():
         chunk_layout(batch=10, mini_batch_size=4, num_shards=4)
 
 
+def test_dropout_is_active_and_per_row(tiny):
+    """The parity tests below run with dropout: check it is on, and that a row's mask does not depend
+    on the rows around it (the property GradCache's chunked replay relies on)."""
+    model = tiny["model"]
+    (feats,) = _batch(tiny, 8, 1)
+
+    def embed(params, feats, key):
+        keys = row_keys(key, 0, jnp.arange(8))
+        sub = {k: v[2:5] for k, v in feats.items()}
+        full = model.forward(params, feats, dropout_key=keys)["sentence_embedding"]
+        part = model.forward(params, sub, dropout_key=keys[2:5])["sentence_embedding"]
+        return full, part, model.forward(params, feats)["sentence_embedding"]
+
+    full, part, det = _run(embed, model.params, feats, jax.random.key(0))
+    assert float(jnp.max(jnp.abs(full - det))) > 1e-2
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full[2:5]), atol=1e-6)
+
+
 # --- cached == uncached ---------------------------------------------------------------------------
 CASES = {
     # name: (uncached, cached, columns); batch 20 with mini-batches of 8 (ragged: 8, 8, 4+pad), 4 and 6.
@@ -84,7 +102,7 @@ CASES = {
     "mnsrl": (lambda t: MultipleNegativesSymmetricRankingLoss(t["model"]),
               lambda t: CachedMultipleNegativesSymmetricRankingLoss(t["model"], mini_batch_size=4), 2),
     "gist": (lambda t: GISTEmbedLoss(t["model"], t["guide"], margin=0.05),
-             lambda t: CachedGISTEmbedLoss(t["model"], t["guide"], mini_batch_size=6, margin=0.05), 3),
+             lambda t: CachedGISTEmbedLoss(t["model"], t["guide"], mini_batch_size=6, margin=0.05), 2),
 }
 
 
@@ -101,11 +119,9 @@ def test_cached_equals_uncached_with_dropout(tiny, case):
             return jax.value_and_grad(lambda p: compute_loss(loss, model.forward, p, feats, None, dropout_key=key))(
                 params)
 
-        no_dropout = compute_loss(plain, model.forward, params, feats, None)
-        return value_and_grad(plain), value_and_grad(cached), no_dropout
+        return value_and_grad(plain), value_and_grad(cached)
 
-    (v0, g0), (v1, g1), v_det = _run(both, model.params, feats, key)
-    assert abs(float(v0) - float(v_det)) > 1e-3, "dropout is not active"
+    (v0, g0), (v1, g1) = _run(both, model.params, feats, key)
     assert abs(float(v0) - float(v1)) <= 1e-5, (float(v0), float(v1))
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g0)) > 1e-3
     assert _max_abs_diff(g0, g1) <= 1e-5
@@ -123,7 +139,8 @@ def test_cached_step_temp_memory_is_a_fraction(tiny):
         def step(p, feats):
             return jax.grad(lambda p: compute_loss(loss, model.forward, p, feats, None))(p)
 
-        return jax.jit(step).lower(params, [col, col]).compile().memory_analysis().temp_size_in_bytes
+        # Buffer assignment is independent of the LLVM optimisation level that FAST lowers.
+        return jax.jit(step).lower(params, [col, col]).compile(FAST).memory_analysis().temp_size_in_bytes
 
     plain = temp_bytes(MultipleNegativesRankingLoss(model))
     cached = temp_bytes(CachedMultipleNegativesRankingLoss(model, mini_batch_size=32))
@@ -136,7 +153,7 @@ def test_cached_step_temp_memory_is_a_fraction(tiny):
 def test_sharded_cached_equals_single_device(tiny):
     assert len(jax.devices()) == 8
     model = tiny["model"]
-    feats = _batch(tiny, 32, 3)  # 4 rows per device; chunks of 8 = 1 row from each device
+    feats = _batch(tiny, 32, 2)  # 4 rows per device; chunks of 8 = 1 row from each device
     mask = np.ones(32, bool)
     mask[[5, 22]] = False  # padded rows of a partial batch
     key = jax.random.key(11)
@@ -165,14 +182,13 @@ def test_sharded_cached_equals_single_device(tiny):
 
 # --- constructor / config parity ------------------------------------------------------------------
 def _signature(cls):
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # drop self
+    """Positional parameters as ``(name, default)``; a function default by its name. JAX additions
+    (``num_shards``) are keyword-only and left out."""
     out = []
-    for p in params:
-        if p.kind is p.KEYWORD_ONLY:  # JAX additions (num_shards) are keyword-only
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:  # drop self
+        if p.kind is p.KEYWORD_ONLY:
             continue
-        default = p.default
-        if callable(default):
-            default = default.__name__
+        default = p.default.__name__ if inspect.isfunction(p.default) else p.default
         out.append((p.name, default))
     return out
 
@@ -181,12 +197,18 @@ def _signature(cls):
                                   "CachedGISTEmbedLoss"])
 def test_constructor_and_config_match_reference(tiny, name):
     import sentence_transformers
-    from sentence_transformers import losses as ref_losses
+    from sentence_transformers.sentence_transformer import losses as ref_losses
 
     from stcore_jax.losses import cached
 
     ours, ref = getattr(cached, name), getattr(ref_losses, name)
-    assert _signature(ours) == _signature(ref)
+    ours_sig, ref_sig = _signature(ours), _signature(ref)
+    assert [n for n, _ in ours_sig] == [n for n, _ in ref_sig]
+    for (n, ours_default), (_, ref_default) in zip(ours_sig, ref_sig):
+        if ref_default is inspect.Parameter.empty:  # model / guide: required there, None-checked here
+            assert ours_default in (None, inspect.Parameter.empty), n
+        else:
+            assert ours_default == ref_default, n
 
     ref_model = sentence_transformers.SentenceTransformer(tiny["hf"], device="cpu")
     extra = {"guide": ref_model} if name == "CachedGISTEmbedLoss" else {}
