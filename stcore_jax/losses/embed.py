@@ -29,7 +29,10 @@ Returns what ``compute_loss_from_embeddings`` returns: a float32 scalar or a dic
 
 If the loss defines its own ``compute_loss`` (the GradCache losses in :mod:`stcore_jax.losses.cached`),
 the call goes there with the same keywords. Otherwise every column is embedded in one forward pass
-(:func:`embed_columns`) and the result goes to ``compute_loss_from_embeddings``.
+(:func:`embed_columns`; with GradCache when the loss wraps a cached loss, e.g.
+``MatryoshkaLoss(model, CachedMultipleNegativesRankingLoss(model), dims)``) and the result goes to
+``compute_loss_from_embeddings``. Losses that need per-layer embeddings (``AdaptiveLayerLoss``,
+``Matryoshka2dLoss``) are not handled here: they need the forward's hidden states.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+_PER_LAYER_LOSSES = frozenset({"AdaptiveLayerLoss", "Matryoshka2dLoss"})
 
 # fold_in data for the loss's own sampling key, chosen far from any column index.
 _LOSS_KEY_SALT = 0x7FFF_FFF0
@@ -145,17 +150,49 @@ def loss_context(loss, *, mask=None, num_shards=None, loss_params=None, key=None
     return ctx
 
 
+def loss_chain(loss):
+    """``loss`` and the losses it wraps (``MatryoshkaLoss(...).loss``, ...), outermost first."""
+    chain = []
+    while loss is not None and loss not in chain:
+        chain.append(loss)
+        loss = getattr(loss, "loss", None)
+    return chain
+
+
 def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labels=None, *, dropout_key=None,
                  mask=None, num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None):
-    """Loss of one batch from its features (see the module docstring for every argument)."""
+    """Loss of one batch from its features (see the module docstring for every argument).
+
+    A wrapper (``MatryoshkaLoss``) around a GradCache loss embeds with GradCache, using the wrapped
+    loss's ``mini_batch_size`` (as the reference does); a wrapper around a GIST loss gets the guide
+    embeddings of the wrapped loss's guide.
+    """
     features = list(features)
     own = getattr(loss, "compute_loss", None)
     if own is not None:
         return own(forward, params, features, labels, dropout_key=dropout_key, mask=mask, num_shards=num_shards,
                    loss_params=loss_params, guide_features=guide_features, guide_params=guide_params, key=key)
-    embeddings = embed_columns(forward, params, features, dropout_key)
+    if getattr(loss, "needs_layer_embeddings", False) or type(loss).__name__ in _PER_LAYER_LOSSES:
+        raise NotImplementedError(f"{type(loss).__name__} needs per-layer embeddings (the forward's hidden states), "
+                                  f"which compute_loss does not produce.")
+    chain = loss_chain(loss)
+    cached = next((inner for inner in chain[1:] if callable(getattr(inner, "compute_loss", None))
+                   and getattr(inner, "mini_batch_size", None)), None)
     ctx = loss_context(loss, mask=mask, num_shards=num_shards, loss_params=loss_params, key=key,
                        dropout_key=dropout_key)
-    if has_guide(loss):
-        ctx["guide_embeddings"] = embed_guide(loss, features, guide_features, guide_params)
+    guided = next((inner for inner in chain if has_guide(inner)), None)
+    if cached is None:
+        embeddings = embed_columns(forward, params, features, dropout_key)
+        if guided is not None:
+            ctx["guide_embeddings"] = embed_guide(guided, features, guide_features, guide_params)
+    else:
+        from stcore_jax.losses.cached import cached_embed_columns, chunked_embed_columns
+
+        size, shards = cached.mini_batch_size, int(num_shards or getattr(cached, "num_shards", 1))
+        embeddings = cached_embed_columns(forward, params, features, dropout_key, mini_batch_size=size,
+                                          num_shards=shards)
+        if guided is not None:
+            g_forward, g_params, g_features = guide_inputs(guided, features, guide_features, guide_params)
+            ctx["guide_embeddings"] = chunked_embed_columns(g_forward, g_params, g_features, mini_batch_size=size,
+                                                            num_shards=shards)
     return loss.compute_loss_from_embeddings(embeddings, labels, **ctx)

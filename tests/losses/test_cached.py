@@ -127,6 +127,27 @@ def test_cached_equals_uncached_with_dropout(tiny, case):
     assert _max_abs_diff(g0, g1) <= 1e-5
 
 
+def test_matryoshka_around_cached_loss_uses_gradcache(tiny):
+    """MatryoshkaLoss(CachedMNRL) through compute_loss: chunked embedding (a custom_vjp in the program),
+    same loss and gradients as MatryoshkaLoss(MNRL)."""
+    from stcore_jax.losses.matryoshka import MatryoshkaLoss
+
+    model = tiny["model"]
+    feats = _batch(tiny, 12, 2)
+    plain = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model), [32, 8])
+    cached = MatryoshkaLoss(model, CachedMultipleNegativesRankingLoss(model, mini_batch_size=4), [32, 8])
+
+    def value_and_grad(loss):
+        return jax.value_and_grad(lambda p, f: compute_loss(loss, model.forward, p, f, None))
+
+    jaxpr = jax.make_jaxpr(lambda p, f: compute_loss(cached, model.forward, p, f, None))(model.params, feats)
+    assert "custom_vjp" in str(jaxpr)
+    (v0, g0), (v1, g1) = _run(lambda p, f: (value_and_grad(plain)(p, f), value_and_grad(cached)(p, f)),
+                              model.params, feats)
+    assert abs(float(v0) - float(v1)) <= 1e-5
+    assert _max_abs_diff(g0, g1) <= 1e-5
+
+
 # --- memory ---------------------------------------------------------------------------------------
 def test_cached_step_temp_memory_is_a_fraction(tiny):
     """Batch 1,024 x 32 tokens (anchor, positive), mini-batch 32: compile only, compare temp buffers."""
