@@ -2,8 +2,8 @@
 
 ``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params,
 "loss": loss_params}, "opt_state": ..., "step": int32, "skipped": int32}``. Dropout keys are
-``fold_in(key(seed), step)``, then per column and per *global* row index, so the update does not
-depend on how the batch is sharded or chunked. A non-finite loss or gradient skips the update
+``fold_in(key(seed), step)``; :func:`stcore_jax.losses.embed.compute_loss` derives per-column,
+per-global-row keys from it, so the update does not depend on how the batch is sharded or chunked. A non-finite loss or gradient skips the update
 (params and optimizer state unchanged) and is counted in ``state["skipped"]``.
 """
 
@@ -13,28 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-
-def row_keys(key, column: int, batch_size: int):
-    """One dropout key per row: ``fold_in(fold_in(key, column), row)``."""
-    col = jax.random.fold_in(key, column)
-    return jax.vmap(lambda i: jax.random.fold_in(col, i))(jnp.arange(batch_size))
-
-
-def loss_value(loss, forward, params, features, labels, *, dropout_key=None, mask=None, num_shards=None,
-               loss_params=None):
-    """The loss of one batch; losses with their own ``compute_loss`` (GradCache) run their forward themselves."""
-    own = getattr(loss, "compute_loss", None)
-    if own is not None:
-        return own(forward, params, features, labels, dropout_key=dropout_key, mask=mask, num_shards=num_shards,
-                   loss_params=loss_params)
-    embeddings = []
-    for c, f in enumerate(features):
-        keys = None if dropout_key is None else row_keys(dropout_key, c, f["input_ids"].shape[0])
-        embeddings.append(forward(params, f, dropout_key=keys)["sentence_embedding"])
-    context = {"mask": mask, "num_shards": num_shards}
-    if loss_params:
-        context["params"] = loss_params
-    return loss.compute_loss_from_embeddings(embeddings, labels, **context)
+from stcore_jax.losses.embed import compute_loss
 
 
 def _total(out):
@@ -49,8 +28,8 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
     base_key = jax.random.key(seed)
 
     def objective(trainable, batch, key):
-        out = loss_value(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
-                         mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+        out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
+                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
         return _total(out)
 
     def train_step(state, batch):
@@ -91,8 +70,8 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
 
 def make_eval_step(forward, loss, *, num_shards: int):
     def eval_step(trainable, batch):
-        out = loss_value(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=None,
-                         mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+        out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=None,
+                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
         total, comps = _total(out)
         return {"loss": total, **comps}
 
