@@ -14,6 +14,7 @@ from flax import nnx
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.layers import (
     activation,
+    call_layer,
     attention,
     dropout,
     embed,
@@ -118,6 +119,7 @@ class BertModel(nnx.Module):
     roberta_positions = False
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
         self.embeddings = BertEmbeddings(cfg, rngs)
         self.encoder = BertEncoder(cfg, rngs)
         self.pad_token_id = cfg.pad_token_id
@@ -135,7 +137,7 @@ class BertModel(nnx.Module):
         x = self.embeddings(input_ids, self.position_ids(input_ids), token_type_ids, fold(dropout_key, 0))
         hidden = [x]
         for i, layer in enumerate(self.encoder.layer):
-            x = layer(x, attention_mask, fold(dropout_key, i + 1))
+            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))
             hidden.append(x)
         out = {"last_hidden_state": x}
         if output_hidden_states:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import activation, attention, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
+from stcore_jax.models.layers import activation, call_layer, attention, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
 
 
 class DistilBertEmbeddings(nnx.Module):
@@ -71,6 +71,7 @@ class DistilBertModel(nnx.Module):
     """DistilBERT encoder; same call signature and outputs as :class:`stcore_jax.models.bert.BertModel`."""
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
         self.embeddings = DistilBertEmbeddings(cfg, rngs)
         self.transformer = DistilBertTransformer(cfg, rngs)
 
@@ -78,7 +79,7 @@ class DistilBertModel(nnx.Module):
         x = self.embeddings(input_ids, fold(dropout_key, 0))
         hidden = [x]
         for i, layer in enumerate(self.transformer.layer):
-            x = layer(x, attention_mask, fold(dropout_key, i + 1))
+            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))
             hidden.append(x)
         out = {"last_hidden_state": x}
         if output_hidden_states:

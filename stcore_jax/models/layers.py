@@ -63,6 +63,15 @@ def fold(key, *ids: int):
     return key
 
 
+def call_layer(layer, remat: bool, *args):
+    """Call ``layer(*args)``; with ``remat`` its activations are recomputed in the backward pass
+    (``jax.checkpoint`` per layer: gradient checkpointing)."""
+    if not remat:
+        return layer(*args)
+    graphdef, state = nnx.split(layer)
+    return jax.checkpoint(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args)
+
+
 def split_heads(x_btd, num_heads: int):
     """[B, T, H*Dh] -> [B, H, T, Dh]."""
     b, t, d = x_btd.shape

@@ -13,7 +13,7 @@ from flax import nnx
 
 from stcore_jax.models.bert import BertEmbeddings, BertIntermediate, BertResidualOutput
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import attention, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
+from stcore_jax.models.layers import attention, call_layer, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
 
 # Hugging Face computes the bias with the default 32 buckets whatever the config says.
 _NUM_BUCKETS = 32
@@ -92,6 +92,7 @@ class MPNetModel(nnx.Module):
     """MPNet encoder; same call signature and outputs as :class:`stcore_jax.models.bert.BertModel`."""
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
         self.embeddings = BertEmbeddings(cfg, rngs)  # no token_type table: type_vocab_size is 0
         self.encoder = MPNetEncoder(cfg, rngs)
         self.pad_token_id = cfg.pad_token_id
@@ -103,7 +104,7 @@ class MPNetModel(nnx.Module):
         bias = self.encoder.position_bias(input_ids.shape[1])
         hidden = [x]
         for i, layer in enumerate(self.encoder.layer):
-            x = layer(x, attention_mask, bias, fold(dropout_key, i + 1))
+            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, bias, fold(dropout_key, i + 1))
             hidden.append(x)
         out = {"last_hidden_state": x}
         if output_hidden_states:

@@ -150,6 +150,12 @@ class Transformer(Module):
     def get_embedding_dimension(self):
         return self.config.hidden_size
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass (``jax.checkpoint`` per layer)."""
+        model = nnx.merge(self.graphdef, self.params)
+        model.gradient_checkpointing = bool(enabled)
+        self.graphdef, _ = nnx.split(model)
+
     # -- save / load --------------------------------------------------------------------------
     def hf_state_dict(self, params=None) -> dict[str, np.ndarray]:
         tensors = dict(self.extra_tensors)

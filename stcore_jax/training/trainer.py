@@ -89,6 +89,8 @@ class SentenceTransformerTrainer:
         self.evaluator = evaluator
         if self.args.eval_strategy != "no" and evaluator is None and not self.eval_data:
             raise ValueError(f"eval_strategy={self.args.eval_strategy!r} needs an eval_dataset or an evaluator")
+        if self.args.gradient_checkpointing:
+            model.input_module.set_gradient_checkpointing(True)
         self.mesh = make_mesh(self.args.mesh_shape)
         self.data_parallel = self.mesh.shape["data"]
         if self.args.train_batch_size is not None:
