@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from stcore_jax.similarity import pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
 from stcore_jax.losses.base import Loss, check_context, f32, masked_mean, sharding_agnostic

@@ -53,7 +53,7 @@ def torch_value_and_grads(fn, arrays):
 
 
 def jax_value_and_grads(fn, arrays):
-    value, grads = jax.value_and_grad(fn)([jnp.asarray(a) for a in arrays])
+    value, grads = jax.jit(jax.value_and_grad(fn))([jnp.asarray(a) for a in arrays])
     return float(value), [np.asarray(g) for g in grads]
 
 

