@@ -146,7 +146,7 @@ def run_ref(a):
     steady = (t1 - times["first_step_end"]) / max(steps - 1, 1)
     tok = model.tokenizer
     cols = [c for c in data.column_names if c not in ("score", "label")]
-    tokens = sum(len(ids) for c in cols for ids in tok(data[c], truncation=True, max_length=model.max_seq_length)["input_ids"])
+    tokens = sum(len(ids) for c in cols for ids in tok(list(data[c]), truncation=True, max_length=model.max_seq_length)["input_ids"])
     return {"after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb), "before": before, "steps": steps,
             "train_s": t1 - t0, "samples_per_s": len(data) / (steady * steps), "tokens_per_s": tokens / (steady * steps),
             "compile_count": 0, "compile_s": 0.0, "peak_mb": _peak_mb(a.device), "rows": len(data)}
