@@ -20,6 +20,7 @@ axis that XLA keeps local to each device. With one shard the two modes are ident
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import jax
@@ -28,6 +29,8 @@ import jax.numpy as jnp
 from stcore_jax.similarity import cos_sim
 from stcore_jax.losses.base import (NEG, Loss, check_context, f32, resolve_similarity, row_mask, sharding_agnostic,
                                    similarity_fct_name)
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
@@ -214,6 +217,9 @@ class MultipleNegativesRankingLoss(Loss):
         self.hardness_mode = hardness_mode
         self.hardness_strength = hardness_strength
         self.num_shards = num_shards
+        if hardness_mode is not None and hardness_strength == 0.0:
+            logger.warning(f"hardness_mode={hardness_mode!r} is set but hardness_strength=0.0, so hardness weighting "
+                           "has no effect. Set hardness_strength to a positive value to enable it.")
 
     @property
     def temperature(self) -> float:

@@ -77,14 +77,14 @@ def test_mnrl_sharded_equals_one_device(gather, kwargs):
     def loss(xs):
         return L.multiple_negatives_ranking_loss(*xs, gather_across_devices=gather, num_shards=SHARDS, **kwargs)
 
-    one_device = value_and_grads(loss, [jnp.asarray(a) for a in arrays])
     sharded = value_and_grads(loss, shard(mesh, arrays))
-    assert_same(sharded, one_device)
-    if gather:  # global semantics = the reference on the whole global batch
+    if gather:
+        assert_same(sharded, value_and_grads(loss, [jnp.asarray(a) for a in arrays]))
+        # ... and the global semantics are the reference's on the whole global batch.
         reference = ref.MultipleNegativesRankingLoss(None, **kwargs)
         expected = reference.compute_loss_from_embeddings([torch.tensor(a) for a in arrays], None).item()
-        np.testing.assert_allclose(one_device[0], expected, rtol=1e-5, atol=1e-5)
-    else:
+        np.testing.assert_allclose(sharded[0], expected, rtol=1e-5, atol=1e-5)
+    else:  # the 1-device result of per-device semantics: each shard on its own, averaged
         assert_same(sharded, per_shard_average(
             lambda xs, _: L.multiple_negatives_ranking_loss(*xs, **kwargs), arrays))
 
@@ -94,19 +94,18 @@ def test_auto_axis_mesh_and_communication():
     device scores its own block), global mode gathers the candidates."""
     mesh = mesh_of(AxisType.Auto)
     arrays = columns(101, 3, batch=B, dim=8)
-    hlo = {}
-    for gather in (True, False):
-        def loss(xs, gather=gather):
-            return L.multiple_negatives_ranking_loss(*xs, gather_across_devices=gather, num_shards=SHARDS)
 
-        step = jax.jit(jax.value_and_grad(loss))
-        compiled = step.lower(shard(mesh, arrays)).compile()
-        sharded = compiled(shard(mesh, arrays))
-        one_device = step([jnp.asarray(a) for a in arrays])
-        assert_same((np.asarray(sharded[0]), sharded[1]), (np.asarray(one_device[0]), one_device[1]))
-        hlo[gather] = compiled.as_text()
-    assert "all-gather" in hlo[True]
-    assert "all-gather" not in hlo[False]
+    def loss(xs, gather):
+        return L.multiple_negatives_ranking_loss(*xs, gather_across_devices=gather, num_shards=SHARDS)
+
+    both = jax.jit(lambda xs: [jax.value_and_grad(loss)(xs, g) for g in (True, False)])
+    one_device = both([jnp.asarray(a) for a in arrays])
+    for gather, expected in zip((True, False), one_device):
+        compiled = jax.jit(jax.value_and_grad(lambda xs, g=gather: loss(xs, g))).lower(shard(mesh, arrays)).compile()
+        value, grads = compiled(shard(mesh, arrays))
+        assert_same((np.asarray(value), [np.asarray(g) for g in grads]),
+                    (np.asarray(expected[0]), [np.asarray(g) for g in expected[1]]))
+        assert ("all-gather" in compiled.as_text()) == gather
 
 
 @pytest.mark.parametrize("gather", [True, False])
@@ -145,10 +144,10 @@ def test_gist_sharded(gather):
         return L.gist_embed_loss(*xs, guide=[jnp.asarray(g) for g in guide], gather_across_devices=gather,
                                  num_shards=SHARDS, **kw)
 
-    one_device = value_and_grads(loss, [jnp.asarray(a) for a in arrays])
     sharded = value_and_grads(loss, shard(mesh, arrays))
-    assert_same(sharded, one_device)
-    if not gather:
+    if gather:
+        assert_same(sharded, value_and_grads(loss, [jnp.asarray(a) for a in arrays]))
+    else:
         expected = per_shard_average(lambda xs, gs: L.gist_embed_loss(*xs, guide=gs, **kw), arrays, extra=guide)
         assert_same(sharded, expected)
 
@@ -163,7 +162,6 @@ def test_mnsrl_class_uses_num_shards():
 
 
 @pytest.mark.parametrize("kwargs,masked", [
-    (dict(), False),
     (dict(directions=ALL_DIRECTIONS, hardness_mode="in_batch_negatives", hardness_strength=2.0), True),
     (dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"), False),
 ])
@@ -184,3 +182,24 @@ def test_ring_equals_gathered_mnrl(kwargs, masked):
     # Blocks travel by collective-permute; nothing gathers the global candidate set onto a device.
     hlo = compiled.as_text()
     assert "collective-permute" in hlo and "all-gather" not in hlo
+
+
+def test_other_losses_under_explicit_sharding():
+    """Sorted cumulative log-sum-exp, dict outputs and loss-owned params also work on an explicitly
+    sharded batch (the body runs with auto axes) and match one device."""
+    mesh = mesh_of()
+    arrays = columns(106, 2, batch=B, dim=8)
+    classes = jnp.asarray(np.arange(B) % 4)
+    scores = jnp.asarray(np.linspace(0.0, 1.0, B, dtype=np.float32))
+    softmax = L.SoftmaxLoss(None, 8, 3)
+    params = softmax.init_params(jax.random.key(0))
+
+    def losses(xs, classes, scores):
+        return (L.cosent_loss(xs[0], xs[1], scores)
+                + sum(L.global_orthogonal_regularization_loss(*xs).values())
+                + softmax(xs, classes % 3, params=params))
+
+    one_device = value_and_grads(lambda xs: losses(xs, classes, scores), [jnp.asarray(a) for a in arrays])
+    sharded_labels = shard(mesh, [classes, scores])
+    sharded = value_and_grads(lambda xs: losses(xs, *sharded_labels), shard(mesh, arrays))
+    assert_same(sharded, one_device)
