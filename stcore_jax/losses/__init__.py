@@ -56,8 +56,19 @@ from stcore_jax.losses.mnrl import (
 from stcore_jax.losses.ring import ring_multiple_negatives_ranking_loss
 from stcore_jax.losses.softmax import SoftmaxLoss, softmax_loss
 from stcore_jax.losses.triplet import TripletDistanceMetric, TripletLoss, triplet_loss
+from stcore_jax.losses.cached import (  # noqa: E402 (after the losses it subclasses)
+    CachedGISTEmbedLoss,
+    CachedMultipleNegativesRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
+)
+from stcore_jax.losses.embed import compute_loss, embed_columns  # noqa: E402
 
 __all__ = [
+    "CachedGISTEmbedLoss",
+    "CachedMultipleNegativesRankingLoss",
+    "CachedMultipleNegativesSymmetricRankingLoss",
+    "compute_loss",
+    "embed_columns",
     "AdaptiveLayerLoss",
     "AnglELoss",
     "BatchAllTripletLoss",
