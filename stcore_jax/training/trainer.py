@@ -30,6 +30,7 @@ from stcore_jax.training.callbacks import (
     TrainerState,
     integration_callbacks,
 )
+from stcore_jax.training.distributed import maybe_initialize_distributed
 from stcore_jax.training.data import LABEL_COLUMNS, batch_bucket, collate, prepare_dataset
 from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.optim import make_optimizer
@@ -70,6 +71,7 @@ class SentenceTransformerTrainer:
                  eval_dataset=None, loss=None, evaluator=None, callbacks=None, optimizers=(None, None),
                  model_init=None, data_collator=None, processing_class=None, tokenizer=None, compute_metrics=None,
                  **unused):
+        maybe_initialize_distributed()
         if model is None:
             if model_init is None:
                 raise ValueError("SentenceTransformerTrainer needs model= (or model_init=)")

