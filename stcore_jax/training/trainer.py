@@ -477,7 +477,7 @@ class SentenceTransformerTrainer:
             out_dir = os.path.join(self.args.output_dir, "eval") if self.is_world_process_zero() else None
             if out_dir:
                 os.makedirs(out_dir, exist_ok=True)
-            results = self.evaluator(self.model, output_path=out_dir, epoch=self.state.epoch, steps=self.state.global_step)
+            results = self._run_evaluator_on_process_zero(out_dir)
             for k, v in results.items():
                 metrics[k if k.startswith(metric_key_prefix + "_") else f"{metric_key_prefix}_{k}"] = float(v)
         dt = time.perf_counter() - t0
@@ -488,6 +488,25 @@ class SentenceTransformerTrainer:
         self.log(metrics)
         self._fire("on_evaluate", metrics=metrics)
         return metrics
+
+    def _run_evaluator_on_process_zero(self, out_dir):
+        """The evaluator runs on process 0; the others wait and receive its metrics (multi-host)."""
+        if jax.process_count() == 1:
+            return self.evaluator(self.model, output_path=out_dir, epoch=self.state.epoch, steps=self.state.global_step)
+        import json
+
+        from jax.experimental import multihost_utils
+
+        size = 1 << 16
+        buf = np.zeros((size,), np.uint8)
+        if self.is_world_process_zero():
+            results = self.evaluator(self.model, output_path=out_dir, epoch=self.state.epoch, steps=self.state.global_step)
+            raw = json.dumps({k: float(v) for k, v in results.items()}).encode()
+            if len(raw) > size:
+                raise ValueError(f"evaluator returned {len(raw)} bytes of metrics; at most {size} can be broadcast")
+            buf[: len(raw)] = np.frombuffer(raw, np.uint8)
+        buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+        return json.loads(bytes(buf[buf != 0]).decode())
 
     # -- saving --------------------------------------------------------------------------------
     def _trainer_state_dict(self):
