@@ -36,6 +36,10 @@ CATALOGUE = {
     "MatryoshkaLoss": (lambda: L.MatryoshkaLoss(None, L.CoSENTLoss(None), [16, 8]), 2, 2, "required"),
     "AdaptiveLayerLoss": (lambda: L.AdaptiveLayerLoss(None, MNRL), 2, None, "none"),
     "Matryoshka2dLoss": (lambda: L.Matryoshka2dLoss(None, L.TripletLoss(None), [16, 8]), 3, 3, "none"),
+    "CachedMultipleNegativesRankingLoss": (lambda: L.CachedMultipleNegativesRankingLoss(None), 2, None, "none"),
+    "CachedMultipleNegativesSymmetricRankingLoss": (
+        lambda: L.CachedMultipleNegativesSymmetricRankingLoss(None), 2, None, "none"),
+    "CachedGISTEmbedLoss": (lambda: L.CachedGISTEmbedLoss(None, guide=object()), 2, None, "none"),
 }
 
 
