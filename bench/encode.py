@@ -6,10 +6,10 @@ bucket; it is reported apart (``first call s``, ``compiles``) from the steady st
 first call is reported too (warm-up of its kernels and allocator). Steady-state repeats alternate
 ours / reference so that load from other processes hits both alike; the table gives medians.
 
-CPU (jax sees one CPU device unless XLA_FLAGS forces more; the script adds to XLA_FLAGS only for
---single-thread, which runs both sides on one thread: slower, but far less sensitive to other load):
+CPU (jax sees one CPU device unless XLA_FLAGS forces more; leave it unset for the default). Both
+libraries use every core; --single-core pins the process to one, for per-core efficiency:
     python bench/encode.py --batch-size 16 32 64 --repeats 7
-    python bench/encode.py --batch-size 32 --repeats 7 --single-thread
+    python bench/encode.py --batch-size 32 --repeats 7 --single-core
 GPU (jax[cuda] installed, so jax's default backend is the GPU; --jax-matmul-precision highest keeps
 jax's float32 matmuls out of TF32, as torch's are by default):
     python bench/encode.py --device cuda --batch-size 32 128 512 --repeats 7 --jax-matmul-precision highest
@@ -29,9 +29,10 @@ import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # both sides tokenize one batch call at a time
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # on a GPU, leave memory for torch too
-if "--single-thread" in sys.argv:  # XLA reads its flags once, when the CPU backend starts
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+if "--single-core" in sys.argv:
+    # Pin the whole process (XLA's and torch's thread pools alike) to one core before either starts;
+    # XLA_FLAGS' intra_op_parallelism_threads=1 does not stop jax 0.10's CPU runtime using two.
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -153,6 +154,7 @@ def run(args) -> dict:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
         "versions": {"jax": jax.__version__, "torch": torch.__version__,
                      "sentence_transformers": __import__("sentence_transformers").__version__},
         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
@@ -202,13 +204,13 @@ def main(argv=None):
     p.add_argument("--jax-matmul-precision", choices=["default", "high", "highest"], default=None,
                    help="set jax_default_matmul_precision (on GPU jax's default lets float32 matmuls use "
                         "TF32 while torch's does not; 'highest' makes both full float32)")
-    p.add_argument("--single-thread", action="store_true",
-                   help="one thread each: torch.set_num_threads(1); XLA without its Eigen thread pool")
+    p.add_argument("--single-core", action="store_true",
+                   help="pin the process to one core and torch.set_num_threads(1): per-core efficiency")
     p.add_argument("--repeats", type=int, default=5, help="steady-state repeats per side (median reported)")
     p.add_argument("--json", default=None, help="write all results (every repeat's time) to this file")
     args = p.parse_args(argv)
     args.model = args.model or default_model()
-    if args.single_thread:
+    if args.single_core:
         import torch
 
         torch.set_num_threads(1)

@@ -8,6 +8,7 @@ is the pure function the encoder, the losses and the trainer all build on.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from stcore_jax.util.quantization import PRECISIONS, quantize_embeddings
 logger = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
+_MAX_IN_FLIGHT = 4  # encode batches dispatched ahead of the one being fetched
 
 
 class SentenceTransformer:
@@ -43,6 +45,9 @@ class SentenceTransformer:
                  model_kwargs=None, processor_kwargs=None, tokenizer_kwargs=None, config_kwargs=None,
                  model_card_data=None, similarity_fn_name=None, truncate_dim=None, backend="torch",
                  compute_dtype=jnp.float32, length_buckets=None):
+        from stcore_jax.training.distributed import maybe_initialize_distributed
+
+        maybe_initialize_distributed()  # before the first device access, in multi-process launches
         st_cfg = {}
         if modules is None:
             if model_name_or_path is None:
@@ -284,15 +289,9 @@ class SentenceTransformer:
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         results = [None] * len(texts)
-        for start in tqdm(range(0, len(texts), bs), desc="Batches", disable=not show_progress_bar):
-            idx = order[start : start + bs]
-            batch_ids = {k: [v[i] for i in idx] for k, v in ids.items()}
-            length = bucket_for(int(lengths[idx].max()), buckets)
-            feats = self.input_module.pad(batch_ids, length, bs)
-            if prompt_length is not None:
-                feats["prompt_length"] = np.int32(prompt_length)
-            feats = {k: jax.device_put(v, sharding if np.ndim(v) else NamedSharding(mesh, P())) for k, v in feats.items()}
-            out = jax.device_get(fn(params, feats))
+
+        def collect(idx, out):
+            out = jax.device_get(out)
             for j, i in enumerate(idx):
                 if output_value == "sentence_embedding":
                     results[i] = out[j]
@@ -302,6 +301,27 @@ class SentenceTransformer:
                            "sentence_embedding": out["sentence_embedding"][j],
                            "attention_mask": out["attention_mask"][j, :n_tok]}
                     results[i] = row["token_embeddings"] if output_value == "token_embeddings" else row
+
+        # Dispatch is asynchronous: keep a few batches in flight and fetch the oldest, so the host
+        # pads and transfers batch k+1 while the device computes batch k, without a host sync per
+        # batch and without holding every batch's output (token embeddings can be large) on device.
+        in_flight = collections.deque()
+        for start in tqdm(range(0, len(texts), bs), desc="Batches", disable=not show_progress_bar):
+            idx = order[start : start + bs]
+            batch_ids = {k: [v[i] for i in idx] for k, v in ids.items()}
+            length = bucket_for(int(lengths[idx].max()), buckets)
+            feats = self.input_module.pad(batch_ids, length, bs)
+            if prompt_length is not None:
+                feats["prompt_length"] = np.int32(prompt_length)
+            feats = {k: jax.device_put(v, sharding if np.ndim(v) else NamedSharding(mesh, P())) for k, v in feats.items()}
+            out = fn(params, feats)
+            for leaf in jax.tree_util.tree_leaves(out):
+                leaf.copy_to_host_async()
+            in_flight.append((idx, out))
+            if len(in_flight) > _MAX_IN_FLIGHT:
+                collect(*in_flight.popleft())
+        while in_flight:
+            collect(*in_flight.popleft())
 
         if output_value != "sentence_embedding":
             return results[0] if single else results

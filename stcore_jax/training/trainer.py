@@ -102,7 +102,7 @@ class SentenceTransformerTrainer:
             self.args.per_device_train_batch_size = self.args.train_batch_size // self.data_parallel
         self.global_batch = self.args.per_device_train_batch_size * self.data_parallel
         self.global_eval_batch = self.args.per_device_eval_batch_size * self.data_parallel
-        self.buckets = tuple(self.args.length_buckets) if self.args.length_buckets else default_buckets(model.max_seq_length)
+        self.buckets = tuple(self.args.length_buckets) if self.args.length_buckets else default_buckets(model.max_seq_length, smallest=16, per_octave=1)
         module = model.input_module
         self.train_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
                                                   is_dict_dataset=self.train_is_dict) for n, d in self.train_data.items()}
