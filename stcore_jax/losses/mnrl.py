@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 HARDNESS_MODES = (None, "in_batch_negatives", "hard_negatives", "all_negatives")
+# Anchors per row block when a shard holds more rows than this (and a multiple of it): bounds the
+# live score matrix to [ROW_BLOCK, C * b] instead of [b, C * b].
+ROW_BLOCK = 4096
 
 
 def validate_mnrl_options(scale, directions, partition_mode, hardness_mode, hardness_strength) -> tuple[str, ...]:
@@ -172,11 +175,21 @@ def multiple_negatives_ranking_loss(anchor, positive, *negatives, scale: float =
     ids = jnp.arange(batch // shards)
 
     def one_shard(q_s, d_s, v_s):
-        logits, pos = mnrl_block_logits(q_s, d_s[0], ids, q_s, d_s, ids, v_s, similarity_fct=similarity_fct,
-                                        scale=scale, directions=directions, hardness_mode=hardness_mode,
-                                        hardness_strength=hardness_strength)
-        lse = {k: jax.nn.logsumexp(x, axis=1) for k, x in logits.items()}
-        return combine_lse(lse, partition_mode) - pos
+        def rows(q_r, p_r, ids_r):  # per-row loss of a block of anchors against the whole shard
+            logits, pos = mnrl_block_logits(q_r, p_r, ids_r, q_s, d_s, ids, v_s, similarity_fct=similarity_fct,
+                                            scale=scale, directions=directions, hardness_mode=hardness_mode,
+                                            hardness_strength=hardness_strength)
+            lse = {k: jax.nn.logsumexp(x, axis=1) for k, x in logits.items()}
+            return combine_lse(lse, partition_mode) - pos
+
+        b = q_s.shape[0]
+        if b <= ROW_BLOCK or b % ROW_BLOCK:
+            return rows(q_s, d_s[0], ids)
+        # Large batches (GradCache at 64k rows): the [b, C*b] score matrix and its softmax would not fit,
+        # so anchors go in row blocks, each block's scores recomputed in the backward pass.
+        blocks = lambda x: x.reshape((b // ROW_BLOCK, ROW_BLOCK) + x.shape[1:])  # noqa: E731
+        per_block = jax.lax.map(jax.checkpoint(lambda xs: rows(*xs)), (blocks(q_s), blocks(d_s[0]), blocks(ids)))
+        return per_block.reshape(b)
 
     per_row = jax.vmap(one_shard)(q, d, v).reshape(batch)
     if mask is None:

@@ -146,3 +146,15 @@ def test_global_orthogonal_regularization(num_columns, weights, aggregation):
         [torch.tensor(a) for a in columns(9, num_columns)]))
     assert_parity(lambda e: sum(reference.compute_loss_from_embeddings(e).values()),
                   lambda e: sum(ours(e).values()), columns(9, num_columns))
+
+
+@pytest.mark.parametrize("directions,partition_mode", [DIRECTION_CASES[0], DIRECTION_CASES[6]])
+def test_mnrl_row_blocks(monkeypatch, directions, partition_mode):
+    """Large shards are scored in anchor row blocks (bounded memory); same value and gradients."""
+    import stcore_jax.losses.mnrl as mnrl
+
+    monkeypatch.setattr(mnrl, "ROW_BLOCK", 8)  # 32 rows -> 4 blocks of 8
+    reference = ref.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
+    ours = L.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)
+    assert_parity(lambda e: reference.compute_loss_from_embeddings(e, None), lambda e: ours(e, None),
+                  columns(3, 3, batch=32))
