@@ -23,6 +23,7 @@ from stcore_jax.io.st_load import load_modules, load_st_config, resolve_model_pa
 from stcore_jax.models.layers import fold
 from stcore_jax.models.buckets import bucket_for, default_buckets, round_up
 from stcore_jax.models.pooling import Pooling
+from stcore_jax.models.router import Router, with_task
 from stcore_jax.models.transformer import Transformer
 from stcore_jax.similarity import SimilarityFunction, normalize as l2_normalize
 from stcore_jax.util.quantization import PRECISIONS, quantize_embeddings
@@ -128,13 +129,16 @@ class SentenceTransformer:
     def _invalidate(self):
         self._placed = None
 
-    def forward(self, params, features, *, dropout_key=None, output_hidden_states=False):
+    def forward(self, params, features, *, dropout_key=None, output_hidden_states=False, task=None):
         """Pure forward pass: ``features`` (``input_ids``, ``attention_mask``, …) -> features.
+
+        ``task`` (or ``features["task"]``, a :class:`stcore_jax.models.router.Task`) picks a Router's route.
 
         Adds ``token_embeddings`` [B, T, H] and ``sentence_embedding`` [B, D]. ``dropout_key`` None
         means inference; a PRNG key, or one key per row ([B] typed keys), enables dropout (each
         module gets ``fold_in(key, index)``).
         """
+        features = with_task(features, task)
         for i, m in enumerate(self.modules):
             key = fold(dropout_key, i)
             p = params.get(str(i)) if m.params is not None else None
@@ -222,14 +226,14 @@ class SentenceTransformer:
             self._placed = jax.device_put(self.params, NamedSharding(mesh, P()))
         return self._placed
 
-    def _encode_fn(self, mesh, output_value):
-        key = (output_value, tuple(d.id for d in mesh.devices.flat))
+    def _encode_fn(self, mesh, output_value, task=None):
+        key = (output_value, tuple(d.id for d in mesh.devices.flat), task)
         if key not in self._jit_cache:
             batch_sharding = NamedSharding(mesh, P("data"))
 
             def run(params, features):
                 self.trace_count += 1  # Python side effect: runs only while tracing
-                out = self.forward(params, features)
+                out = self.forward(params, features, task=task)
                 if output_value == "sentence_embedding":
                     return out["sentence_embedding"]
                 return {k: v for k, v in out.items() if k in ("token_embeddings", "sentence_embedding", "attention_mask")}
@@ -275,14 +279,15 @@ class SentenceTransformer:
             return jnp.asarray(empty) if convert_to_tensor else empty
 
         texts = [prompt + s for s in sentences] if prompt else sentences
-        ids = self.input_module.tokenize_ids(texts)
+        input_module = self._input_module_for(task)
+        ids = input_module.tokenize_ids(texts)
         lengths = np.array([len(r) for r in ids["input_ids"]])
         order = np.argsort(-lengths, kind="stable")
         mesh = self._mesh()
         n_dev = mesh.devices.size
         bs = round_up(batch_size, n_dev)
         buckets = self.length_buckets or default_buckets(self.max_seq_length)
-        fn, sharding = self._encode_fn(mesh, output_value)
+        fn, sharding = self._encode_fn(mesh, output_value, task)
         params = self._placed_params(mesh)
         prompt_length = self._prompt_length(prompt) if prompt and self._needs_prompt_length() else None
 
@@ -310,7 +315,7 @@ class SentenceTransformer:
             idx = order[start : start + bs]
             batch_ids = {k: [v[i] for i in idx] for k, v in ids.items()}
             length = bucket_for(int(lengths[idx].max()), buckets)
-            feats = self.input_module.pad(batch_ids, length, bs)
+            feats = input_module.pad(batch_ids, length, bs)
             if prompt_length is not None:
                 feats["prompt_length"] = np.int32(prompt_length)
             feats = {k: jax.device_put(v, sharding if np.ndim(v) else NamedSharding(mesh, P())) for k, v in feats.items()}
@@ -338,7 +343,13 @@ class SentenceTransformer:
         return emb
 
     def _needs_prompt_length(self) -> bool:
-        return any(isinstance(m, Pooling) and not m.include_prompt for m in self.modules)
+        mods = [s for m in self.modules for s in (m.modules.values() if isinstance(m, Router) else [m])]
+        return any(isinstance(m, Pooling) and not m.include_prompt for m in mods)
+
+    def _input_module_for(self, task):
+        """The module that tokenizes inputs of ``task``: a Router's route input module, else ``input_module``."""
+        m = self.input_module
+        return m.input_module_for(task) if isinstance(m, Router) else m
 
     def encode_query(self, sentences, prompt_name=None, prompt=None, **kwargs):
         """``encode`` with the ``"query"`` prompt (when no prompt is given) and ``task="query"``."""

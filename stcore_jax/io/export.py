@@ -12,6 +12,8 @@ import tempfile
 
 from stcore_jax.models.module import write_json
 from stcore_jax.models.pooling import Pooling
+from stcore_jax.models.router import Router
+from stcore_jax.models.static_embedding import StaticEmbedding
 from stcore_jax.models.transformer import Transformer
 
 # Oldest release whose format we target (SPEC §1.8): avoids "saved with a newer version" warnings.
@@ -22,7 +24,9 @@ TOKENIZER_EXTRAS = ("vocab.txt", "vocab.json", "merges.txt", "special_tokens_map
 
 
 def _module_dir(idx: int, module) -> str:
-    return "" if idx == 0 and isinstance(module, Transformer) else f"{idx}_{type(module).__name__}"
+    # Input modules at index 0 live in the root, as the reference saves them.
+    root = isinstance(module, (Transformer, Router, StaticEmbedding))
+    return "" if idx == 0 and root else f"{idx}_{type(module).__name__}"
 
 
 def _check_target(path: str) -> None:
@@ -68,7 +72,10 @@ def _write(model, staging: str, create_model_card: bool) -> None:
     for i, m in enumerate(model.modules):
         sub = _module_dir(i, m)
         m.save(os.path.join(staging, sub) if sub else staging)
-        entries.append({"idx": i, "name": str(i), "path": sub, "type": m.st_type})
+        entry = {"idx": i, "name": str(i), "path": sub, "type": m.st_type}
+        if isinstance(m, Router):
+            entry["kwargs"] = ["task"]  # releases 5.x pass encode's task only to modules that list it
+        entries.append(entry)
         if isinstance(m, Transformer) and m.source_path:
             target = os.path.join(staging, sub)
             for name in TOKENIZER_EXTRAS:
@@ -99,8 +106,10 @@ def save_sentence_transformer(model, path, *, create_model_card=True, model_name
             raise ValueError(f"save_pretrained: module {i} ({type(m).__name__}) has no sentence-transformers type")
         if isinstance(m, Pooling):
             m.legacy_config()
-        if i > 0 and isinstance(m, Transformer):
-            raise ValueError("save_pretrained: a Transformer is only supported as the first module")
+        if i > 0 and isinstance(m, (Transformer, StaticEmbedding)):
+            raise ValueError(f"save_pretrained: a {type(m).__name__} is only supported as the first module")
+        if isinstance(m, Router):
+            m.check_export()
     _check_target(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)

@@ -8,10 +8,22 @@ from stcore_jax.models.dense import Dense
 from stcore_jax.models.module import read_json
 from stcore_jax.models.normalize import Normalize
 from stcore_jax.models.pooling import Pooling
+from stcore_jax.models.router import Router
+from stcore_jax.models.static_embedding import StaticEmbedding, is_model2vec_dir
 from stcore_jax.models.transformer import Transformer
 
 # Class name (the last component of the type path, legacy or 6.x) -> our module class.
-MODULE_TYPES = {"Transformer": Transformer, "Pooling": Pooling, "Dense": Dense, "Normalize": Normalize}
+MODULE_TYPES = {"Transformer": Transformer, "Pooling": Pooling, "Dense": Dense, "Normalize": Normalize,
+                "Router": Router, "Asym": Router, "StaticEmbedding": StaticEmbedding}
+
+
+def module_class(type_path: str, where: str):
+    """Our class for a ``modules.json`` / ``router_config.json`` type path; a clear error if unsupported."""
+    name = str(type_path or "").rsplit(".", 1)[-1]
+    if name not in MODULE_TYPES:
+        raise ValueError(f"{where} has type {type_path!r}, which stcore_jax does not support; "
+                         f"supported: {sorted(MODULE_TYPES)}")
+    return MODULE_TYPES[name]
 
 
 def resolve_model_path(name_or_path: str, *, cache_folder=None, revision=None, token=None, local_files_only=False) -> str:
@@ -50,23 +62,20 @@ def load_modules(path: str, *, transformer_kwargs: dict) -> list:
     """Build the pipeline listed in ``modules.json``, or Transformer + mean Pooling for a plain checkpoint."""
     mj = os.path.join(path, "modules.json")
     if not os.path.isfile(mj):
+        if is_model2vec_dir(path):  # Model2Vec's own layout; its encoder normalises when config says so
+            static = StaticEmbedding.load(path)
+            return [static, Normalize()] if read_json(os.path.join(path, "config.json")).get("normalize") else [static]
         t = Transformer(path, **transformer_kwargs)
         return [t, Pooling(t.get_embedding_dimension(), "mean")]
     entries = read_json(mj)
     # Validate every entry before loading any weights.
     classes = []
     for e in entries:
-        name = str(e.get("type", "")).rsplit(".", 1)[-1]
-        if name not in MODULE_TYPES:
-            raise ValueError(
-                f"{mj}: module {e.get('idx')} has type {e.get('type')!r}, which stcore_jax does not support; "
-                f"supported: {sorted(MODULE_TYPES)}"
-            )
-        classes.append(MODULE_TYPES[name])
+        classes.append(module_class(e.get("type", ""), where=f"{mj}: module {e.get('idx')}"))
     modules = []
     for e, cls in zip(entries, classes):
         mpath = os.path.join(path, e.get("path", ""))
-        modules.append(cls.load(mpath, **(transformer_kwargs if cls is Transformer else {})))
+        modules.append(cls.load(mpath, **(transformer_kwargs if cls in (Transformer, Router) else {})))
     return modules
 
 
