@@ -53,20 +53,6 @@ def _versions() -> dict:
     return out
 
 
-def _model_card(model, module_dirs) -> str:
-    dim = model.get_embedding_dimension()
-    arch = " -> ".join(type(m).__name__ for m in model.modules)
-    return (
-        "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n- sentence-transformers\n"
-        "- feature-extraction\n- stcore_jax\n---\n\n"
-        f"# Sentence Transformer model (exported by stcore_jax)\n\n- Architecture: {arch}\n"
-        f"- Output dimension: {dim}\n- Max sequence length: {model.max_seq_length}\n"
-        f"- Similarity function: {model.similarity_fn_name}\n\n"
-        "## Usage\n\n```python\nfrom sentence_transformers import SentenceTransformer  # or: from stcore_jax import SentenceTransformer\n"
-        "model = SentenceTransformer(\"path/to/this/directory\")\nembeddings = model.encode([\"A sentence.\"])\n```\n"
-    )
-
-
 def _write(model, staging: str, create_model_card: bool) -> None:
     entries = []
     for i, m in enumerate(model.modules):
@@ -94,8 +80,9 @@ def _write(model, staging: str, create_model_card: bool) -> None:
         cfg["truncate_dim"] = model.truncate_dim
     write_json(os.path.join(staging, "config_sentence_transformers.json"), cfg)
     if create_model_card:
-        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_model_card(model, entries))
+        from stcore_jax.io.model_card import write_model_card
+
+        write_model_card(model, staging)
 
 
 def save_sentence_transformer(model, path, *, create_model_card=True, model_name=None) -> None:

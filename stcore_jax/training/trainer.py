@@ -113,6 +113,9 @@ class SentenceTransformerTrainer:
                                                    prepared=p)
                          for n, p in self.train_prepared.items()}
         self.callbacks: list[TrainerCallback] = [JsonLinesLogger(), *integration_callbacks(self.args.report_to)]
+        from stcore_jax.io.model_card import ModelCardCallback  # fills model.model_card_data for save_pretrained
+
+        self.callbacks.append(ModelCardCallback(self))
         for cb in callbacks or []:
             self.add_callback(cb)
         self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())

@@ -1,0 +1,3 @@
+from stcore_jax.cli.main import entry_point
+
+entry_point()

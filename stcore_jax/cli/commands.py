@@ -1,0 +1,152 @@
+"""The ``stcore-jax`` subcommands. Each validates everything it can before loading a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+class InputError(ValueError):
+    """A bad command-line input (missing file, wrong extension, ...)."""
+
+
+def _config_and_mesh(path, overrides):
+    import jax
+
+    from stcore_jax.config import check_devices, load_config
+
+    cfg = load_config(path, overrides)
+    return cfg, check_devices(cfg, jax.device_count())
+
+
+def train(args) -> int:
+    from stcore_jax.config import build
+    from stcore_jax.training.trainer import SentenceTransformerTrainer
+
+    cfg, mesh_shape = _config_and_mesh(args.config, args.overrides)  # every config error surfaces here
+    if cfg.data.train is None:
+        from stcore_jax.config import ConfigError
+
+        raise ConfigError("config key 'data.train' is required for train (a file, an STS-B directory, 'quickstart' "
+                          "or a hub dataset id)")
+    model = build.build_model(cfg)
+    train_ds, eval_ds = build.build_datasets(cfg)
+    evaluator = build.build_evaluator(cfg, eval_ds)
+    targs = build.training_arguments(cfg, mesh_shape)
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train_ds,
+                                         eval_dataset=eval_ds if targs.eval_strategy != "no" else None,
+                                         loss=build.build_loss(cfg, model), evaluator=evaluator)
+    result = trainer.train()
+    if evaluator is not None:
+        metrics = evaluator(model)
+        print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}, indent=1))
+    final = os.path.join(targs.output_dir, "final")
+    if not targs.save_final_model:
+        model.save_pretrained(final)
+    print(f"trained {result['global_step']} steps; model exported to {final}")
+    return 0
+
+
+def _read_texts(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise InputError(f"--input {path!r} does not exist")
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            texts = json.load(f)
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise InputError(f"--input {path!r}: a .json input must hold a list of strings")
+        return texts
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def _check_output(path: str, ext: str, flag: str) -> None:
+    if not path.endswith(ext):
+        raise InputError(f"{flag} {path!r} must end with {ext}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{flag} {path!r}: the directory {parent!r} does not exist")
+
+
+def encode(args) -> int:
+    import numpy as np
+
+    from stcore_jax.config.build import resolve_model_name
+    from stcore_jax.sentence_transformer import SentenceTransformer
+
+    _check_output(args.output, ".npy", "--output")
+    texts = _read_texts(args.input)
+    if not texts:
+        raise InputError(f"--input {args.input!r} has no non-empty lines")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model = SentenceTransformer(resolve_model_name(args.model))
+    emb = model.encode(texts, batch_size=args.batch_size, normalize_embeddings=args.normalize,
+                       prompt_name=args.prompt_name, show_progress_bar=True)
+    # Write beside the target, then rename: an interrupted run leaves no half-written .npy.
+    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=os.path.dirname(os.path.abspath(args.output)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, emb)
+        os.replace(tmp, args.output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    print(f"wrote {args.output}: {emb.shape[0]} x {emb.shape[1]} {emb.dtype}")
+    return 0
+
+
+def evaluate(args) -> int:
+    import dataclasses
+
+    from stcore_jax.config import ConfigError, build
+
+    cfg, _ = _config_and_mesh(args.config, args.overrides)
+    if cfg.evaluator.name is None:
+        raise ConfigError("config key 'evaluator.name' is required for evaluate; allowed values: "
+                          "EmbeddingSimilarityEvaluator, BinaryClassificationEvaluator, TripletEvaluator")
+    if args.output:
+        _check_output(args.output, ".json", "--output")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=args.model))
+    evaluator = build.build_evaluator(cfg)
+    model = build.build_model(cfg)
+    metrics = {k: float(v) for k, v in evaluator(model).items()}
+    text = json.dumps(metrics, indent=1)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def quickstart(args) -> int:
+    from stcore_jax.quickstart.job import run
+
+    return run(args)
+
+
+def info(args) -> int:
+    import importlib.metadata as md
+
+    import jax
+
+    from stcore_jax.training.distributed import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    devs = jax.devices()
+    print(f"processes: {jax.process_count()} (this is process {jax.process_index()})")
+    print(f"devices: {len(devs)} total, {jax.local_device_count()} local; platform {devs[0].platform}; "
+          f"kind {getattr(devs[0], 'device_kind', '?')}")
+    if args.config:
+        cfg, shape = _config_and_mesh(args.config, [])
+        print(f"mesh (from {args.config}): {shape}")
+    else:
+        print(f"mesh (default): {{'data': {len(devs)}}}")
+    for pkg in ("stcore-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "tokenizers",
+                "datasets", "sentence-transformers", "torch"):
+        try:
+            print(f"{pkg}: {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            print(f"{pkg}: not installed")
+    return 0

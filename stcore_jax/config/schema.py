@@ -1,0 +1,91 @@
+"""The run configuration: frozen dataclasses, one per concern. YAML only fills them (see ``load.py``).
+
+A run is ``model`` (what to load) + ``data`` (where the rows come from) + ``loss`` + ``arguments``
+(:class:`~stcore_jax.SentenceTransformerTrainingArguments`, same names as sentence-transformers) +
+``evaluator`` + ``mesh`` (device layout, checked against the topology before anything loads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from stcore_jax.training.arguments import SentenceTransformerTrainingArguments
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What to load: a local directory, a hub id (online), or ``"all-MiniLM-L6-v2"`` (offline package)."""
+
+    name_or_path: str = "all-MiniLM-L6-v2"
+    max_seq_length: int | None = None  # truncate inputs (tokens); None keeps the model's own
+    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    length_buckets: list | None = None  # padding lengths for encode
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training / evaluation rows.
+
+    ``train`` and ``eval`` are a file (``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet``), an STS
+    benchmark directory (``sts-train.csv`` …), ``"quickstart"`` (the embedded help-desk pairs), or a
+    hub dataset id (online). ``columns`` keeps and orders columns (inputs first, label last).
+    """
+
+    train: str | None = None
+    eval: str | None = None
+    format: str = "auto"  # auto | stsb | csv | tsv | json | parquet | hub | quickstart
+    train_split: str = "train"  # split (hub datasets / STS-B directories)
+    eval_split: str = "validation"
+    columns: list | None = None
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
+    score_scale: float | None = None  # divide the label by this (e.g. 5.0 for raw STS-B scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """A sentence-transformers loss by class name plus its keyword arguments.
+
+    Wrapper losses (``MatryoshkaLoss``, ``AdaptiveLayerLoss``, …) take the inner loss as a nested
+    ``{name: ..., ...}`` under ``kwargs.loss``.
+    """
+
+    name: str = "CoSENTLoss"
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluatorConfig:
+    """An evaluator by class name, fed from ``data`` (default: the ``data.eval`` rows)."""
+
+    name: str | None = None  # None: no evaluator
+    data: str | None = None
+    max_rows: int | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device layout. ``topology`` (e.g. ``"v5p-64"``) pins the device count the mesh must use.
+
+    ``data`` None means "all devices not used by ``fsdp``".
+    """
+
+    topology: str | None = None
+    data: int | None = None
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    arguments: SentenceTransformerTrainingArguments = dataclasses.field(
+        default_factory=lambda: SentenceTransformerTrainingArguments(output_dir="output"))
+    evaluator: EvaluatorConfig = dataclasses.field(default_factory=EvaluatorConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+SECTIONS: dict[str, Any] = {f.name: f for f in dataclasses.fields(RunConfig)}

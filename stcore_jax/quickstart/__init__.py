@@ -1,0 +1,1 @@
+"""The ``stcore-jax quickstart`` job and its embedded data (see ``data.py`` and ``job.py``)."""
