@@ -101,3 +101,33 @@ def build_st(hf_dir: str, out_dir: str, pooling_mode="mean", dense=None, normali
     st = SentenceTransformer(modules=mods, device="cpu", prompts=prompts)
     st.save(out_dir)
     return out_dir
+
+
+def build_modernbert(out_dir: str, minilm_path: str, seed: int = 0, local_attention: int = 8,
+                     global_attn_every_n_layers: int = 2, num_hidden_layers: int = 3, **overrides) -> str:
+    """Save a tiny random ModernBertModel (+ MiniLM's WordPiece tokenizer) to ``out_dir``.
+
+    Small ``local_attention`` so ordinary sentences are longer than the sliding window; rope bases
+    far from the defaults so swapping the global and local ones shows.
+    """
+    import torch
+    import transformers as tf
+
+    os.makedirs(out_dir, exist_ok=True)
+    tok = _bert_tokenizer(minilm_path, out_dir)
+    tok.model_input_names = ["input_ids", "attention_mask"]  # ModernBERT's tokenizers give no token types
+    tok.save_pretrained(out_dir)
+    cfg = tf.ModernBertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                              num_hidden_layers=num_hidden_layers, max_position_embeddings=256,
+                              local_attention=local_attention, global_attn_every_n_layers=global_attn_every_n_layers,
+                              global_rope_theta=1000.0, local_rope_theta=50.0, pad_token_id=tok.pad_token_id,
+                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+                              cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id, **overrides)
+    torch.manual_seed(seed)
+    model = tf.ModernBertModel(cfg)
+    with torch.no_grad():  # perturb norms and zero-initialised biases too, so a wrong mapping shows
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    model.save_pretrained(out_dir)
+    return out_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from stcore_jax.models.bert import BertModel
 from stcore_jax.models.distilbert import DistilBertModel
+from stcore_jax.models.modernbert import ModernBertModel
 from stcore_jax.models.mpnet import MPNetModel
 from stcore_jax.models.roberta import RobertaModel
 
@@ -14,6 +15,7 @@ ENCODERS = {
     "camembert": RobertaModel,
     "mpnet": MPNetModel,
     "distilbert": DistilBertModel,
+    "modernbert": ModernBertModel,
 }
 
 
