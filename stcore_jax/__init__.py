@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from stcore_jax.models import Dense, Normalize, Pooling, Transformer  # noqa: E402
+from stcore_jax.models import Asym, Dense, Normalize, Pooling, Router, StaticEmbedding, Transformer  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
 from stcore_jax.training import (  # noqa: E402
@@ -13,14 +13,17 @@ from stcore_jax.training import (  # noqa: E402
 )
 
 __all__ = [
+    "Asym",
     "BatchSamplers",
     "Dense",
     "MultiDatasetBatchSamplers",
     "Normalize",
     "Pooling",
+    "Router",
     "SentenceTransformer",
     "SentenceTransformerTrainer",
     "SentenceTransformerTrainingArguments",
     "SimilarityFunction",
+    "StaticEmbedding",
     "Transformer",
 ]

@@ -3,6 +3,8 @@
 from stcore_jax.models.dense import Dense
 from stcore_jax.models.normalize import Normalize
 from stcore_jax.models.pooling import Pooling
+from stcore_jax.models.router import Asym, Router
+from stcore_jax.models.static_embedding import StaticEmbedding
 from stcore_jax.models.transformer import Transformer
 
-__all__ = ["Dense", "Normalize", "Pooling", "Transformer"]
+__all__ = ["Asym", "Dense", "Normalize", "Pooling", "Router", "StaticEmbedding", "Transformer"]

@@ -216,7 +216,8 @@ class Router(Module):
     @property
     def max_seq_length(self) -> int | None:
         lengths = {m.max_seq_length for m in self._input_modules() if getattr(m, "max_seq_length", None)}
-        if len(lengths) > 1:
+        if len(lengths) > 1 and not getattr(self, "_warned_lengths", False):
+            self._warned_lengths = True  # read on every encode; say it once
             logger.warning("Router: routes have different max_seq_length %s; using the largest", sorted(lengths))
         return max(lengths) if lengths else None
 

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from stcore_jax.models.buckets import bucket_for
+from stcore_jax.models.router import Task
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
 RESERVED_COLUMNS = ("dataset_name", "return_loss")
@@ -40,6 +41,8 @@ class PreparedDataset:
     prompt_lengths: list[int | None]  # per column
     texts: list[list[str]]  # per column (for NO_DUPLICATES and error reports)
     hf_dataset: object
+    tasks: list = dataclasses.field(default_factory=list)  # per column: Router task from router_mapping, or None
+    input_modules: list = dataclasses.field(default_factory=list)  # per column: the module that tokenized it
 
     def __len__(self):
         return len(self.texts[0]) if self.texts else 0
@@ -87,6 +90,20 @@ def resolve_prompt(prompts, dataset_name: str | None, column: str, is_dict_datas
     return v if isinstance(v, str) else None
 
 
+def resolve_task(router_mapping, dataset_name: str | None, column: str, is_dict_dataset: bool):
+    """The Router task of one (dataset, column) under ``{column: task}`` or ``{dataset: {column: task}}``."""
+    if not router_mapping:
+        return None
+    if not isinstance(router_mapping, dict):
+        raise ValueError(f"router_mapping must be a dict, got {type(router_mapping).__name__}")
+    if any(isinstance(v, dict) for v in router_mapping.values()):
+        if not is_dict_dataset:
+            raise ValueError("router_mapping of the form {dataset: {column: task}} needs a DatasetDict / dict of "
+                             f"datasets; with a single dataset use {{column: task}} (got keys {sorted(router_mapping)})")
+        return (router_mapping.get(dataset_name) or {}).get(column)
+    return router_mapping.get(column)
+
+
 def _check_texts(values, dataset, column):
     for i, v in enumerate(values):
         if v is None:
@@ -114,8 +131,13 @@ def _check_labels(values, dataset, column) -> np.ndarray:
     return arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
 
 
-def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False) -> PreparedDataset:
-    """Validate a ``datasets.Dataset`` against ``loss`` and tokenize its input columns."""
+def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False,
+                    router_mapping=None) -> PreparedDataset:
+    """Validate a ``datasets.Dataset`` against ``loss`` and tokenize its input columns.
+
+    With ``router_mapping``, each column carries its task, and a Router input module tokenizes the
+    column with the input module of that task's route (as the reference's collator does).
+    """
     cols = list(dataset.column_names)
     for r in RESERVED_COLUMNS:
         if r in cols:
@@ -136,19 +158,24 @@ def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None,
         _check_texts(values, name, c)
         texts.append(values)
     labels = _check_labels(list(dataset[lab]), name, lab) if lab else None
-    token_ids, prompt_lengths = [], []
+    token_ids, prompt_lengths, tasks, modules = [], [], [], []
     for c, vals in zip(inputs, texts):
+        task = resolve_task(router_mapping, name, c, is_dict_dataset)
+        route_input = getattr(tokenizer_module, "input_module_for", None)
+        module = route_input(task) if route_input is not None else tokenizer_module
         prompt = resolve_prompt(prompts, name, c, is_dict_dataset)
         if prompt:
             vals = [prompt + v for v in vals]
-        token_ids.append(tokenizer_module.tokenize_ids(vals))
-        prompt_lengths.append(_prompt_length(tokenizer_module, prompt) if prompt else None)
-    return PreparedDataset(name, inputs, lab, labels, token_ids, prompt_lengths, texts, dataset)
+        token_ids.append(module.tokenize_ids(vals))
+        prompt_lengths.append(_prompt_length(module, prompt) if prompt else None)
+        tasks.append(task)
+        modules.append(module)
+    return PreparedDataset(name, inputs, lab, labels, token_ids, prompt_lengths, texts, dataset, tasks, modules)
 
 
 def _prompt_length(module, prompt):
     ids = module.tokenize_ids([prompt])["input_ids"][0]
-    special = set(module.tokenizer.all_special_ids)
+    special = set(getattr(module.tokenizer, "all_special_ids", ()))  # a StaticEmbedding adds no special tokens
     return len(ids) - (1 if ids and ids[-1] in special else 0)
 
 
@@ -162,11 +189,13 @@ def collate(ds: PreparedDataset, rows, batch_size: int, length: int, pad) -> dic
     if len(rows) > batch_size:
         raise ValueError(f"collate got {len(rows)} rows for a batch of {batch_size}")
     columns = []
-    for ids, pl in zip(ds.token_ids, ds.prompt_lengths):
+    for c, (ids, pl) in enumerate(zip(ds.token_ids, ds.prompt_lengths)):
         sub = {k: [v[i] for i in rows] for k, v in ids.items()}
-        feats = pad(sub, length, batch_size)
+        feats = (ds.input_modules[c].pad if ds.input_modules else pad)(sub, length, batch_size)
         if pl is not None:
             feats["prompt_length"] = np.full((batch_size,), pl, np.int32)
+        if ds.tasks and ds.tasks[c] is not None:
+            feats["task"] = Task(ds.tasks[c])  # static: the step compiles once per column-task layout
         columns.append(feats)
     mask = np.zeros((batch_size,), bool)
     mask[: len(rows)] = True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 
 import jax
@@ -21,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from stcore_jax.models.buckets import default_buckets
+from stcore_jax.models.router import Router
 from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.training.arguments import BatchSamplers, SentenceTransformerTrainingArguments
 from stcore_jax.training.callbacks import (
@@ -30,18 +32,16 @@ from stcore_jax.training.callbacks import (
     TrainerState,
     integration_callbacks,
 )
-from stcore_jax.training.distributed import maybe_initialize_distributed
+from stcore_jax.training.distributed import local_batch_slots, local_rows, maybe_initialize_distributed, to_global
 from stcore_jax.training.data import LABEL_COLUMNS, batch_bucket, collate, prepare_dataset
 from stcore_jax.training.mesh import make_mesh
+from stcore_jax.training.nonfinite import NonFiniteLossError, stop_on_nonfinite, warn_skipped
 from stcore_jax.training.optim import make_optimizer
+from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
 from stcore_jax.training.step import make_eval_step, make_train_step
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def _as_dataset_dict(ds, what):
@@ -103,11 +103,14 @@ class SentenceTransformerTrainer:
         self.global_batch = self.args.per_device_train_batch_size * self.data_parallel
         self.global_eval_batch = self.args.per_device_eval_batch_size * self.data_parallel
         self.buckets = tuple(self.args.length_buckets) if self.args.length_buckets else default_buckets(model.max_seq_length, smallest=16, per_octave=1)
-        module = model.input_module
+        self._check_router_mapping()
+        module, routes = model.input_module, self.args.router_mapping
         self.train_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
-                                                  is_dict_dataset=self.train_is_dict) for n, d in self.train_data.items()}
+                                                  is_dict_dataset=self.train_is_dict, router_mapping=routes)
+                               for n, d in self.train_data.items()}
         self.eval_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
-                                                 is_dict_dataset=self.eval_is_dict) for n, d in self.eval_data.items()}
+                                                 is_dict_dataset=self.eval_is_dict, router_mapping=routes)
+                              for n, d in self.eval_data.items()}
         self.samplers = {n: self.get_batch_sampler(p.hf_dataset, self.global_batch, self.args.dataloader_drop_last,
                                                    valid_label_columns=list(LABEL_COLUMNS), seed=self._data_seed(),
                                                    prepared=p)
@@ -127,6 +130,22 @@ class SentenceTransformerTrainer:
     # -- setup helpers -------------------------------------------------------------------------
     def _data_seed(self):
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _check_router_mapping(self):
+        """A Router needs ``router_mapping`` (the reference raises too), and every mapped task needs a route."""
+        routers = [m for m in self.model.modules if isinstance(m, Router)]
+        mapping = self.args.router_mapping
+        if not routers:
+            return
+        if not mapping:
+            raise ValueError("The model contains a Router but the training arguments have no router_mapping, so the "
+                             "Router cannot tell which route each column takes. Map columns to routes, e.g. "
+                             "router_mapping={'anchor': 'query', 'positive': 'document'} "
+                             f"(routes: {list(routers[0].structure)})")
+        tasks = [t for v in mapping.values() for t in (v.values() if isinstance(v, dict) else [v])]
+        for router in routers:
+            for t in tasks:
+                router.resolve_route(t)  # raises, naming the routes, for a task no route takes
 
     def _resolve_losses(self, loss):
         names = list(self.train_data) + [n for n in self.eval_data if n not in self.train_data]
@@ -206,27 +225,20 @@ class SentenceTransformerTrainer:
         return plan
 
     # -- device placement ----------------------------------------------------------------------
-    def _to_device(self, batch, leading_accum=False):
-        spec = P(None, "data") if leading_accum else P("data")
-        sharding = NamedSharding(self.mesh, spec)
-        if jax.process_count() == 1:
-            return jax.device_put(batch, sharding)
-        axis = 1 if leading_accum else 0
-        n, i = jax.process_count(), jax.process_index()
-
-        def local(x):
-            size = x.shape[axis] // n
-            sl = [slice(None)] * x.ndim
-            sl[axis] = slice(i * size, (i + 1) * size)
-            return jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(x[tuple(sl)]), x.shape)
-
-        return jax.tree_util.tree_map(local, batch)
+    def _to_device(self, batch, leading_accum=False, local=False):
+        """Host batch -> global arrays sharded on ``data``. ``local=True``: ``batch`` holds only this process's
+        rows of a ``self.global_batch`` batch (:meth:`_collate_step`); otherwise the whole batch."""
+        size = self.global_batch if local else jax.tree_util.tree_leaves(batch)[0].shape[1 if leading_accum else 0]
+        return to_global(batch, self.mesh, size, leading_accum=leading_accum, local=local)
 
     def _collate_step(self, name, micro_batches, batch_size):
+        """Collate the rows this process feeds (all of them on one process; see training/distributed.py)."""
         ds = self.train_prepared[name] if name in self.train_prepared else self.eval_prepared[name]
-        length = max(batch_bucket(ds, rows, self.buckets) for rows in micro_batches)
+        length = max(batch_bucket(ds, rows, self.buckets) for rows in micro_batches)  # global rows: all agree
         pad = self.model.input_module.pad
-        parts = [collate(ds, rows, batch_size, length, pad) for rows in micro_batches]
+        slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else None
+        parts = [collate(ds, rows, batch_size, length, pad) if slots is None else
+                 collate(ds, local_rows(rows, slots), len(slots), length, pad) for rows in micro_batches]
         if len(parts) == 1:
             return parts[0]
         return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
@@ -275,6 +287,11 @@ class SentenceTransformerTrainer:
         return max(1, int(math.ceil(value * total))) if value and value < 1 else int(value or 0)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Train; on SIGTERM/SIGINT finish the step, write a checkpoint and raise ``TrainingInterrupted``."""
+        with PreemptionGuard() as self._preemption:
+            return self._train(resume_from_checkpoint)
+
+    def _train(self, resume_from_checkpoint):
         args = self.args
         if not self.train_data:
             raise ValueError("train() needs a train_dataset")
@@ -306,7 +323,7 @@ class SentenceTransformerTrainer:
             logger.info("Resumed from %s at step %d", resume_path, self.state.global_step)
         if self.is_world_process_zero():
             os.makedirs(args.output_dir, exist_ok=True)
-            ckpt.clean_partials(args.output_dir)
+        ckpt.clean_partials(args.output_dir)  # every process: it ends with a barrier
         self._train_state = state
         self.state.max_steps, self.state.num_train_epochs = total, num_epochs
         self._fire("on_train_begin")
@@ -335,7 +352,7 @@ class SentenceTransformerTrainer:
                 samples += sum(len(rows) for _, rows in group)
                 tokens += int(sum(c["attention_mask"].sum() for c in batch["columns"]))
                 self._fire("on_step_begin")
-                state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1))
+                state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1, local=True))
                 pos += accum
                 self.state.global_step += 1
                 self.state.epoch = epoch + pos / max(len(plan), 1)
@@ -354,6 +371,8 @@ class SentenceTransformerTrainer:
                 if (save_every and gs % save_every == 0) or self.control.should_save:
                     self._save(state)
                 self.control.should_log = self.control.should_evaluate = self.control.should_save = False
+                if self._preemption.should_stop(gs):
+                    self._stop_preempted(state, window, t0, samples, tokens)
                 if gs >= total or self.control.should_training_stop:
                     stop = True
                     break
@@ -387,6 +406,7 @@ class SentenceTransformerTrainer:
         if resume is None or resume is False:
             return None
         if resume is True:
+            ckpt.clean_partials(self.args.output_dir)  # a killed run's leftovers: promote or remove, then list
             found = ckpt.list_checkpoints(self.args.output_dir)
             if not found:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir!r} has no complete checkpoint-*")
@@ -411,6 +431,7 @@ class SentenceTransformerTrainer:
             if k not in ("loss", "grad_norm", "finite"):
                 logs[k] = float(np.mean([m[k] for m in fetched]))
         self.log(logs)
+        warn_skipped(logs["skipped_nonfinite"], self.state.global_step - len(fetched) + 1, self.state.global_step)
         if bar is not None:
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
         return [], time.perf_counter(), 0, 0
@@ -420,17 +441,25 @@ class SentenceTransformerTrainer:
         self._fire("on_log", logs=logs)
 
     def _dump_nonfinite(self, name, group):
-        import json
+        """nonfinite_policy="stop": write the batch report and raise NonFiniteLossError (nonfinite.py)."""
+        stop_on_nonfinite(self.args.output_dir, self.state.global_step, self.train_prepared[name],
+                          [r for _, rs in group for r in rs], write=self.is_world_process_zero())
 
-        path = os.path.join(self.args.output_dir, f"nonfinite_batch_step{self.state.global_step}.json")
-        ds = self.train_prepared[name]
-        rows = [r for _, rs in group for r in rs]
+    def _stop_preempted(self, state, window, t0, samples, tokens):
+        """A signal arrived (preemption.py): flush the log window, checkpoint this step (unless it just was),
+        then raise TrainingInterrupted."""
+        guard, gs = self._preemption, self.state.global_step
+        if window:
+            self._log_window(window, t0, samples, tokens, None)
+        if getattr(self, "_last_save_step", None) != gs:
+            self._save(state)
+        path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{gs}")
+        guard.handled = True
+        msg = interrupted_message(guard.signum, gs, path)
+        logger.warning(msg)
         if self.is_world_process_zero():
-            with open(path, "w") as f:
-                json.dump({"step": self.state.global_step, "dataset": name,
-                           "texts": {c: [ds.texts[j][r] for r in rows] for j, c in enumerate(ds.columns)}}, f, indent=1)
-        raise NonFiniteLossError(f"Non-finite loss or gradient at step {self.state.global_step} on dataset {name!r}; "
-                                 f"the batch's texts are in {path}")
+            print(msg, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(guard.signum, gs, path)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_now(self, state):
@@ -454,7 +483,8 @@ class SentenceTransformerTrainer:
         if eval_dataset is not None:
             data, is_dict = _as_dataset_dict(eval_dataset, "eval")
             prepared = {n: prepare_dataset(d, n, self.loss.get(n, next(iter(self.loss.values()))), self.model.input_module,
-                                           prompts=self.args.prompts, is_dict_dataset=is_dict) for n, d in data.items()}
+                                           prompts=self.args.prompts, is_dict_dataset=is_dict,
+                                           router_mapping=self.args.router_mapping) for n, d in data.items()}
         n_rows = 0
         if prepared and self._train_state is not None:
             replicated = NamedSharding(self.mesh, P())
@@ -527,6 +557,7 @@ class SentenceTransformerTrainer:
             self.state.best_model_checkpoint = path
             self._pending_best = False
         ckpt.save_checkpoint(self.args.output_dir, step, state, self._trainer_state_dict(), self.model)
+        self._last_save_step = step
         keep = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
         ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, keep)
         self._fire("on_save")
