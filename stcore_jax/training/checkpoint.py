@@ -2,9 +2,17 @@
 params, optimizer state, step) + ``trainer_state.json`` (epoch, position in the data, log history,
 best metric).
 
-A checkpoint is assembled in ``checkpoint-{step}.partial`` and renamed when complete, so a process
-killed at any moment leaves only complete ``checkpoint-*`` directories (and a stale ``.partial``
-that the next save or resume removes).
+Crash safety. A checkpoint is assembled in ``checkpoint-{step}.partial``: the export, then the orbax
+state (orbax writes it asynchronously into its own temporary directory and renames it to ``state/``
+when committed; we wait for that), then ``trainer_state.json`` (itself written to a temporary name and
+renamed, so it is never truncated) and only then the directory is renamed to ``checkpoint-{step}``.
+Removal goes the other way round: a checkpoint is renamed to ``checkpoint-{step}.deleting`` before its
+files are removed. So a process killed at any moment (``kill -9`` included) leaves only complete
+``checkpoint-{step}`` directories, plus leftovers that :func:`clean_partials` removes on the next start.
+
+Test hook: ``STCORE_JAX_TEST_CHECKPOINT_PAUSE="{step}:{phase}"`` (phase ``state``: the orbax write is in
+flight; ``rename``: everything is written, the rename is next) prints ``PAUSED_IN_CHECKPOINT`` and sleeps,
+so a test can ``kill -9`` the process at that exact point.
 """
 
 from __future__ import annotations
@@ -13,12 +21,17 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 PREFIX = "checkpoint-"
+PARTIAL, DELETING, REPLACED = ".partial", ".deleting", ".replaced"
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
+_LEFTOVER_RE = re.compile(r"^checkpoint-(\d+)(\.partial|\.deleting|\.replaced)$")
+_PAUSE_ENV = "STCORE_JAX_TEST_CHECKPOINT_PAUSE"
 
 
 def _barrier(name: str):
@@ -26,6 +39,15 @@ def _barrier(name: str):
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def _test_pause(step: int, phase: str) -> None:
+    """Test-only: stop dead at ``phase`` of writing checkpoint ``step`` (see the module docstring)."""
+    if os.environ.get(_PAUSE_ENV) == f"{step}:{phase}":
+        print(f"PAUSED_IN_CHECKPOINT {step}:{phase}", flush=True)
+        sys.stdout.flush()
+        while True:  # until killed
+            time.sleep(3600)
 
 
 def list_checkpoints(output_dir: str) -> list[tuple[int, str]]:
@@ -45,10 +67,21 @@ def is_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "trainer_state.json")) and os.path.isdir(os.path.join(path, "state"))
 
 
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save_checkpoint(output_dir: str, step: int, state, trainer_state: dict, model=None) -> str:
-    """Write a complete checkpoint (all processes call this; process 0 writes the non-orbax files)."""
+    """Write a complete checkpoint; returns its path. Every process calls this (orbax writes each
+    process's shards); process 0 writes the export and ``trainer_state.json`` and does the renames.
+    Returns only once everything is on disk (the orbax write included)."""
     final = os.path.join(output_dir, f"{PREFIX}{step}")
-    tmp = final + ".partial"
+    tmp = final + PARTIAL
     main = jax.process_index() == 0
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -57,15 +90,21 @@ def save_checkpoint(output_dir: str, step: int, state, trainer_state: dict, mode
             model.save_pretrained(tmp, create_model_card=False)
     _barrier(f"stcore_ckpt_prepare_{step}")
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.join(tmp, "state"), state)
+    ckptr.save(os.path.join(tmp, "state"), state)  # returns once the arrays are on the host; commits in a thread
+    _test_pause(step, "state")
     ckptr.wait_until_finished()
     _barrier(f"stcore_ckpt_state_{step}")
     if main:
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state, f, indent=2)
-        if os.path.isdir(final):  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _write_json_atomic(os.path.join(tmp, "trainer_state.json"), trainer_state)  # the completion marker
+        _test_pause(step, "rename")
+        if os.path.isdir(final):  # re-saving a step (e.g. after a resume): set the old one aside first
+            old = final + REPLACED
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
     _barrier(f"stcore_ckpt_done_{step}")
     return final
 
@@ -82,6 +121,13 @@ def restore_checkpoint(path: str, abstract_state):
         return state, json.load(f)
 
 
+def remove_checkpoint(path: str) -> None:
+    """Rename, then delete: a kill during the deletion leaves ``*.deleting``, never a gutted checkpoint."""
+    doomed = path + DELETING
+    os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def rotate_checkpoints(output_dir: str, limit: int | None, keep: str | None = None) -> None:
     """Delete the oldest checkpoints beyond ``limit``, never ``keep`` (the best one)."""
     if not limit or jax.process_index() != 0:
@@ -90,11 +136,25 @@ def rotate_checkpoints(output_dir: str, limit: int | None, keep: str | None = No
     victims = [p for _, p in ckpts if p != keep]
     excess = len(ckpts) - limit
     for p in victims[: max(excess, 0)]:
-        shutil.rmtree(p, ignore_errors=True)
+        remove_checkpoint(p)
 
 
 def clean_partials(output_dir: str) -> None:
+    """Tidy up after a killed process (process 0 acts; every process must call it).
+
+    A complete ``checkpoint-N.partial`` (it has ``trainer_state.json``, written last) whose
+    ``checkpoint-N`` is missing was interrupted between the two renames of a re-save: promote it.
+    Everything else left over (incomplete partials, ``.deleting``, ``.replaced``) is removed.
+    """
     if jax.process_index() == 0 and os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            if name.startswith(PREFIX) and name.endswith(".partial"):
-                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        for name in sorted(os.listdir(output_dir)):
+            m = _LEFTOVER_RE.match(name)
+            if not m:
+                continue
+            path = os.path.join(output_dir, name)
+            final = os.path.join(output_dir, PREFIX + m.group(1))
+            if m.group(2) == PARTIAL and is_checkpoint(path) and not os.path.exists(final):
+                os.rename(path, final)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+    _barrier("stcore_ckpt_clean")
