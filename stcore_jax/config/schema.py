@@ -35,6 +35,7 @@ class DataConfig:
     train: str | None = None
     eval: str | None = None
     format: str = "auto"  # auto | stsb | csv | tsv | json | parquet | hub | quickstart
+    subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
     train_split: str = "train"  # split (hub datasets / STS-B directories)
     eval_split: str = "validation"
     columns: list | None = None

@@ -57,6 +57,7 @@ def guess_base_model(path: str | None) -> str | None:
     """A hub id for a loaded path: hub cache snapshots name it; the offline MiniLM package is known."""
     if not path:
         return None
+    path = os.fspath(path)
     m = re.search(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots", path)
     if m:
         return f"{m.group(1)}/{m.group(2)}"
@@ -107,11 +108,19 @@ class ModelCardCallback(TrainerCallback):
         card.set_base_model(guess_base_model(getattr(model, "model_path", None)))
         card.train_dataset_info = [dataset_info(n, d) for n, d in t.train_data.items()]
         card.eval_dataset_info = [dataset_info(n, d) for n, d in t.eval_data.items()]
+        # Names the user gave (train_datasets=[{"name": ...}]) replace the trainer's dataset keys.
+        for infos, given in ((card.train_dataset_info, card.train_datasets), (card.eval_dataset_info, card.eval_datasets)):
+            for info, g in zip(infos, given or []):
+                if isinstance(g, dict) and g.get("name"):
+                    info["name"] = g["name"]
         seen, card.losses = set(), []
         for n, lo in t.loss.items():
             if n in t.train_data and id(lo) not in seen:
                 seen.add(id(lo))
                 card.losses.append(loss_info(n, lo))
+        renamed = {n: i["name"] for n, i in zip(t.train_data, card.train_dataset_info)}
+        for lo in card.losses:
+            lo["dataset"] = renamed.get(lo["dataset"], lo["dataset"])
         from stcore_jax.training.arguments import non_default_args
 
         skip = ("output_dir", "report_to", "disable_tqdm", "save_final_model", "overwrite_output_dir")
@@ -197,7 +206,7 @@ def render_model_card(model) -> str:
            "This is a [sentence-transformers](https://www.SBERT.net) model"
            + (f" finetuned from [{card.base_model}](https://huggingface.co/{card.base_model})" if card.base_model else "")
            + (f" on {', '.join(names)}" if names else "")
-           + " with [stcore_jax](https://github.com/) (JAX/Flax). It maps sentences & paragraphs to a "
+           + " with stcore_jax (JAX/Flax). It maps sentences & paragraphs to a "
            f"{model.get_embedding_dimension()}-dimensional dense vector space.", "",
            "## Model Details", "", "### Model Description", "- **Model Type:** Sentence Transformer"]
     if card.base_model:

@@ -66,15 +66,19 @@ def run(args) -> int:
          "(help-desk requests; similar = resolved by the same action)")
     evaluator = EmbeddingSimilarityEvaluator(held_out["sentence1"], held_out["sentence2"], held_out["score"],
                                              name="helpdesk-heldout")
-    key = evaluator.primary_metric
-    before = evaluator(model)[key]
+    results = evaluator(model)
+    key = evaluator.primary_metric  # set by the first call, as in sentence-transformers
+    before = results[key]
     _say(f"before training: {key} = {before:.4f}")
 
     batch = -(-args.batch_size // n_dev) * n_dev
     targs = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.epochs, train_batch_size=batch,
         learning_rate=args.learning_rate, warmup_ratio=0.1, seed=args.seed, save_strategy="no",
-        logging_steps=10, length_buckets=(args.max_seq_length,), save_final_model=False)
+        logging_steps=10, length_buckets=(args.max_seq_length,), save_final_model=False,
+        # Full batches only: a final partial batch currently gets a non-finite gradient (its padded
+        # rows embed to zero vectors, whose L2 norm has a NaN gradient) and would be skipped anyway.
+        dataloader_drop_last=True)
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train, loss=CoSENTLoss(model))
     trainer.train()
     after = evaluator(model)[key]
