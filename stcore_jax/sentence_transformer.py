@@ -9,6 +9,7 @@ is the pure function the encoder, the losses and the trainer all build on.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import os
 from contextlib import contextmanager
@@ -147,6 +148,17 @@ class SentenceTransformer:
             else:
                 features = m.apply(p, features, dropout_key=key)
         return features
+
+    def with_compute_dtype(self, dtype) -> "SentenceTransformer":
+        """A shallow copy whose modules compute in ``dtype`` (e.g. ``jnp.bfloat16``); parameters are
+        shared and stay float32, ``self`` is unchanged. The trainer's ``bf16=True`` runs its steps on
+        such a view (like torch autocast: the model itself keeps its dtype for encode and export)."""
+        modules = [m.with_compute_dtype(dtype) if hasattr(m, "with_compute_dtype") else m for m in self.modules]
+        if all(a is b for a, b in zip(modules, self.modules)):
+            return self
+        out = copy.copy(self)
+        out.modules, out._jit_cache, out._placed = modules, {}, None
+        return out
 
     # -- similarity ----------------------------------------------------------------------------
     @property

@@ -7,6 +7,9 @@ transformation runs it.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import json
 import os
 
@@ -149,6 +152,20 @@ class Transformer(Module):
 
     def get_embedding_dimension(self):
         return self.config.hidden_size
+
+    def with_compute_dtype(self, dtype) -> "Transformer":
+        """A shallow copy whose encoder computes in ``dtype`` (parameters, tokenizer and the
+        gradient-checkpointing setting are shared/kept; ``self`` is unchanged). The trainer runs its
+        step on such a copy for ``bf16=True``: float32 master weights, bfloat16 activations."""
+        if jnp.dtype(dtype) == jnp.dtype(self.config.dtype):
+            return self
+        out = copy.copy(self)
+        out.config = dataclasses.replace(self.config, dtype=dtype)
+        remat = bool(getattr(nnx.merge(self.graphdef, self.params), "gradient_checkpointing", False))
+        abstract = nnx.eval_shape(lambda: self.encoder_cls(out.config, nnx.Rngs(0)))
+        abstract.gradient_checkpointing = remat
+        out.graphdef, _ = nnx.split(abstract)
+        return out
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each layer's activations in the backward pass (``jax.checkpoint`` per layer)."""

@@ -262,12 +262,17 @@ class SentenceTransformerTrainer:
         replicated = NamedSharding(self.mesh, P())
         return tx, jax.device_put(state, replicated)
 
+    def _compute_model(self):
+        """What the compiled steps run: for ``bf16=True`` a view of the model computing in bfloat16 with
+        the float32 master weights (torch autocast's contract); the model itself is left as it is."""
+        return self.model.with_compute_dtype(jnp.bfloat16) if self.args.bf16 else self.model
+
     def _build_steps(self, tx):
         replicated = NamedSharding(self.mesh, P())
         steps, seen = {}, {}
         for n, lo in self.loss.items():
             if id(lo) not in seen:
-                fn = make_train_step(self.model.forward, lo, tx, seed=self.args.seed, num_shards=self.data_parallel,
+                fn = make_train_step(self._compute_model().forward, lo, tx, seed=self.args.seed, num_shards=self.data_parallel,
                                      accum_steps=self.args.gradient_accumulation_steps, counter=self.compile_count)
                 seen[id(lo)] = jax.jit(fn, in_shardings=(replicated, None), out_shardings=(replicated, replicated),
                                        donate_argnums=0)
@@ -489,7 +494,7 @@ class SentenceTransformerTrainer:
         if prepared and self._train_state is not None:
             replicated = NamedSharding(self.mesh, P())
             for name, ds in prepared.items():
-                fn = jax.jit(make_eval_step(self.model.forward, self.loss.get(name, next(iter(self.loss.values()))),
+                fn = jax.jit(make_eval_step(self._compute_model().forward, self.loss.get(name, next(iter(self.loss.values()))),
                                             num_shards=self.data_parallel), out_shardings=replicated)
                 totals, count = None, 0
                 order = np.arange(len(ds))
