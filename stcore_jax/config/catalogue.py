@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 
+from stcore_jax.config.errors import ConfigError
+
 import stcore_jax.evaluation as evaluation
 import stcore_jax.losses as losses
 
@@ -35,25 +37,25 @@ def check_loss(name, kwargs: dict, key: str = "loss") -> None:
     """Raise ValueError naming ``key`` if ``name``/``kwargs`` do not describe a known loss."""
     classes = loss_classes()
     if not isinstance(name, str) or name not in classes:
-        raise ValueError(f"config key '{key}.name': unknown loss {name!r}; allowed values: {sorted(classes)}")
+        raise ConfigError(f"config key '{key}.name': unknown loss {name!r}; allowed values: {sorted(classes)}")
     params = _params(classes[name])
     for k, v in kwargs.items():
         if k not in params:
-            raise ValueError(f"config key '{key}.kwargs.{k}': {name} has no argument {k!r}; "
+            raise ConfigError(f"config key '{key}.kwargs.{k}': {name} has no argument {k!r}; "
                              f"allowed: {sorted(params)}")
         if k in ("loss", "guide", "teacher"):
             if k == "loss":
                 if not isinstance(v, dict) or "name" not in v:
-                    raise ValueError(f"config key '{key}.kwargs.loss' must be a mapping with a 'name' "
+                    raise ConfigError(f"config key '{key}.kwargs.loss' must be a mapping with a 'name' "
                                      f"(the inner loss), e.g. {{name: MultipleNegativesRankingLoss}}")
                 inner = {a: b for a, b in v.items() if a != "name"}
                 check_loss(v["name"], inner.get("kwargs", inner), f"{key}.kwargs.loss")
             else:
-                raise ValueError(f"config key '{key}.kwargs.{k}': a model argument cannot come from a config; "
+                raise ConfigError(f"config key '{key}.kwargs.{k}': a model argument cannot come from a config; "
                                  "use the Python API for losses that need a second model")
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
-        raise ValueError(f"config key '{key}.kwargs': {name} needs {missing}")
+        raise ConfigError(f"config key '{key}.kwargs': {name} needs {missing}")
 
 
 def build_loss(model, name: str, kwargs: dict):
@@ -69,13 +71,13 @@ def check_evaluator(name, kwargs: dict, key: str = "evaluator") -> None:
     if name is None:
         return
     if name not in EVALUATOR_COLUMNS:
-        raise ValueError(f"config key '{key}.name': unknown evaluator {name!r}; allowed values: "
+        raise ConfigError(f"config key '{key}.name': unknown evaluator {name!r}; allowed values: "
                          f"{sorted(EVALUATOR_COLUMNS)} (or null for none)")
     cls = getattr(evaluation, name)
     params = {n for n in _params(cls) if n not in EVALUATOR_COLUMNS[name]}
     for k in kwargs:
         if k not in params:
-            raise ValueError(f"config key '{key}.kwargs.{k}': {name} has no argument {k!r}; allowed: {sorted(params)}")
+            raise ConfigError(f"config key '{key}.kwargs.{k}': {name} has no argument {k!r}; allowed: {sorted(params)}")
 
 
 def build_evaluator(name: str, columns: list, kwargs: dict):

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from stcore_jax.config import catalogue
+from stcore_jax.config.errors import ConfigError
 from stcore_jax.config.schema import RunConfig
 from stcore_jax.config.topology import TOPOLOGIES, get_topology, mesh_shape
 from stcore_jax.training.arguments import SentenceTransformerTrainingArguments
@@ -23,10 +24,6 @@ from stcore_jax.training.arguments import SentenceTransformerTrainingArguments
 DATA_FORMATS = ("auto", "stsb", "csv", "tsv", "json", "parquet", "hub", "quickstart")
 DTYPES = ("float32", "bfloat16")
 _SCALARS = {int: "int", float: "float", str: "str", bool: "bool", dict: "mapping", list: "list", tuple: "list"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and what is allowed."""
 
 
 def _type_ok(value, tp) -> bool:
@@ -77,6 +74,8 @@ def from_dict(cls, data, key: str):
         if dataclasses.is_dataclass(tp):
             values[name] = from_dict(tp, value, _join(key, name))
             continue
+        if isinstance(value, str) and not _type_ok(value, tp) and _type_ok(1.5, tp):
+            value = _yaml11_float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
         if not _type_ok(value, tp):
             raise ConfigError(f"config key {_join(key, name)!r} must be {_describe(tp)}, got "
                               f"{type(value).__name__} {value!r}")
@@ -85,6 +84,13 @@ def from_dict(cls, data, key: str):
         return cls(**values)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"config key {key!r}: {e}") from None
+
+
+def _yaml11_float(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _join(key, name):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from stcore_jax.config.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
@@ -37,7 +39,7 @@ TOPOLOGIES = {t.name: t for t in (
 
 def get_topology(name: str, key: str = "mesh.topology") -> Topology:
     if name not in TOPOLOGIES:
-        raise ValueError(f"config key {key!r}: unknown topology {name!r}; allowed values: {sorted(TOPOLOGIES)}")
+        raise ConfigError(f"config key {key!r}: unknown topology {name!r}; allowed values: {sorted(TOPOLOGIES)}")
     return TOPOLOGIES[name]
 
 
@@ -50,21 +52,21 @@ def mesh_shape(mesh, device_count: int, key: str = "mesh") -> dict:
     for axis in ("data", "fsdp"):
         v = getattr(mesh, axis)
         if v is not None and v < 1:
-            raise ValueError(f"config key '{key}.{axis}' must be >= 1, got {v}")
+            raise ConfigError(f"config key '{key}.{axis}' must be >= 1, got {v}")
     if mesh.topology is not None:
         topo = get_topology(mesh.topology, f"{key}.topology")
         if topo.devices != device_count:
-            raise ValueError(f"config key '{key}.topology': {topo.name} has {topo.devices} devices but this run sees "
+            raise ConfigError(f"config key '{key}.topology': {topo.name} has {topo.devices} devices but this run sees "
                              f"{device_count}; run on that topology or drop/adjust '{key}.topology'")
     if device_count % mesh.fsdp:
-        raise ValueError(f"config key '{key}.fsdp'={mesh.fsdp} does not divide the {device_count} devices")
+        raise ConfigError(f"config key '{key}.fsdp'={mesh.fsdp} does not divide the {device_count} devices")
     data = mesh.data if mesh.data is not None else device_count // mesh.fsdp
     total = data * mesh.fsdp
     if total > device_count:
-        raise ValueError(f"config key '{key}': data={data} x fsdp={mesh.fsdp} needs {total} devices but only "
+        raise ConfigError(f"config key '{key}': data={data} x fsdp={mesh.fsdp} needs {total} devices but only "
                          f"{device_count} are available; make data x fsdp <= {device_count}")
     if mesh.topology is not None and total != device_count:
-        raise ValueError(f"config key '{key}': data={data} x fsdp={mesh.fsdp} = {total} does not use the "
+        raise ConfigError(f"config key '{key}': data={data} x fsdp={mesh.fsdp} = {total} does not use the "
                          f"{device_count} devices of {mesh.topology}; make data x fsdp == {device_count}")
     return {"data": data, "fsdp": mesh.fsdp} if mesh.fsdp > 1 else {"data": data}
 
