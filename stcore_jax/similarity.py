@@ -22,7 +22,10 @@ def _rows(x):
 def normalize(x, axis=-1):
     """L2-normalise along ``axis`` exactly as ``torch.nn.functional.normalize`` (eps=1e-12)."""
     x = jnp.asarray(x)
-    norm = jnp.linalg.norm(x.astype(jnp.float32), axis=axis, keepdims=True)
+    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
+    # sqrt'(0) is inf: a zero row (a padded batch row, an empty text) would get 0 * inf = NaN gradients
+    # and poison the step; torch's norm has a finite gradient there. Same values, safe gradient.
+    norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
     return (x / jnp.maximum(norm, _EPS)).astype(x.dtype)
 
 
