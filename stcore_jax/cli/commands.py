@@ -34,6 +34,8 @@ def train(args) -> int:
     train_ds, eval_ds = build.build_datasets(cfg)
     evaluator = build.build_evaluator(cfg, eval_ds)
     targs = build.training_arguments(cfg, mesh_shape)
+    export = targs.save_final_model
+    targs.save_final_model = False  # exported below, after the final evaluation, so the card reports it
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train_ds,
                                          eval_dataset=eval_ds if targs.eval_strategy != "no" else None,
                                          loss=build.build_loss(cfg, model), evaluator=evaluator)
@@ -42,9 +44,9 @@ def train(args) -> int:
         metrics = evaluator(model)
         print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}, indent=1))
     final = os.path.join(targs.output_dir, "final")
-    if not targs.save_final_model:
+    if export and trainer.is_world_process_zero():
         model.save_pretrained(final)
-    print(f"trained {result['global_step']} steps; model exported to {final}")
+    print(f"trained {result['global_step']} steps" + (f"; model exported to {final}" if export else ""))
     return 0
 
 

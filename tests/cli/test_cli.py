@@ -49,6 +49,12 @@ def test_train_evaluate_encode(tmp_path, tiny_cli_model, stsb_dir, capsys):
     trained = json.loads(out[out.index("{"): out.index("}") + 1])
     losses = [json.loads(line)["loss"] for line in open(tmp_path / "run" / "logs.jsonl") if '"loss"' in line]
     assert len(losses) >= 2 and np.isfinite(losses).all()
+    # The trainer filled the model card: data, loss, non-default arguments, evaluator results, logs.
+    card = (final / "README.md").read_text()
+    assert "* Size: 64 training samples" in card and "<code>CoSENTLoss</code>" in card
+    assert "- `max_steps`: 2" in card and "- `learning_rate`: 0.0001" in card
+    assert f"| spearman_cosine | {trained['sts-dev_spearman_cosine']:.4f} |" in card
+    assert "### Training Logs" in card
 
     # evaluate: the same evaluator on the exported model gives the numbers train printed.
     assert main(["evaluate", str(final), cfg, "--output", str(tmp_path / "m.json")]) == 0
