@@ -36,8 +36,7 @@ def build_model(cfg: RunConfig):
 
     m = cfg.model
     path = resolve_model_name(m.name_or_path)
-    bf16 = m.dtype == "bfloat16" or cfg.arguments.bf16  # the arguments' bf16 means bfloat16 compute too
-    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if bf16 else jnp.float32,
+    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
                                 length_buckets=m.length_buckets)
     if m.max_seq_length is not None:
         model.max_seq_length = m.max_seq_length

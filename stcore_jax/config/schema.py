@@ -19,7 +19,7 @@ class ModelConfig:
 
     name_or_path: str = "all-MiniLM-L6-v2"
     max_seq_length: int | None = None  # truncate inputs (tokens); None keeps the model's own
-    dtype: str = "float32"  # compute dtype: "float32" or "bfloat16" (parameters stay float32)
+    dtype: str = "float32"  # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
     length_buckets: list | None = None  # padding lengths for encode
 
 

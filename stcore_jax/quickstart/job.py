@@ -75,10 +75,7 @@ def run(args) -> int:
     targs = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir, num_train_epochs=args.epochs, train_batch_size=batch,
         learning_rate=args.learning_rate, warmup_ratio=0.1, seed=args.seed, save_strategy="no",
-        logging_steps=10, length_buckets=(args.max_seq_length,), save_final_model=False,
-        # Full batches only: a final partial batch currently gets a non-finite gradient (its padded
-        # rows embed to zero vectors, whose L2 norm has a NaN gradient) and would be skipped anyway.
-        dataloader_drop_last=True)
+        logging_steps=10, length_buckets=(args.max_seq_length,), save_final_model=False)
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train, loss=CoSENTLoss(model))
     trainer.train()
     after = evaluator(model)[key]
