@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from stcore_jax.models import Asym, Dense, Normalize, Pooling, Router, StaticEmbedding, Transformer  # noqa: E402
+from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
 from stcore_jax.training import (  # noqa: E402
@@ -16,6 +17,7 @@ __all__ = [
     "Asym",
     "BatchSamplers",
     "Dense",
+    "LoraConfig",
     "MultiDatasetBatchSamplers",
     "Normalize",
     "Pooling",

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from stcore_jax.io.st_load import load_modules, load_st_config, resolve_model_path
 from stcore_jax.models.layers import fold
+from stcore_jax.models.lora import LORA_KEY, LoraAdapterMixin
 from stcore_jax.models.buckets import bucket_for, default_buckets, round_up
 from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.router import Router, with_task
@@ -35,7 +36,7 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 _MAX_IN_FLIGHT = 4  # encode batches dispatched ahead of the one being fetched
 
 
-class SentenceTransformer:
+class SentenceTransformer(LoraAdapterMixin):
     """Load a sentence-transformers directory, a Hugging Face checkpoint, or a hub id (when online).
 
     Mirrors ``sentence_transformers.SentenceTransformer``; JAX additions: ``compute_dtype`` (e.g.
@@ -113,12 +114,19 @@ class SentenceTransformer:
 
     @property
     def params(self) -> dict:
-        """All trainable parameters: ``{str(module_index): module.params}``."""
-        return {str(i): m.params for i, m in enumerate(self.modules) if m.params is not None}
+        """All parameters: ``{str(module_index): module.params}``, plus ``"lora"`` (the adapters,
+        ``{"0": ...}``) while LoRA adapters are attached and enabled (``models/lora.py``)."""
+        out = {str(i): m.params for i, m in enumerate(self.modules) if m.params is not None}
+        if self.frozen_param_keys():
+            out[LORA_KEY] = self.adapters
+        return out
 
     @params.setter
     def params(self, value: dict):
         for k, v in value.items():
+            if k == LORA_KEY:
+                self.adapters = v
+                continue
             self.modules[int(k)].params = v
         self._invalidate()
 
@@ -140,6 +148,7 @@ class SentenceTransformer:
         module gets ``fold_in(key, index)``).
         """
         features = with_task(features, task)
+        params = self.with_merged_adapters(params)  # LoRA: W + scale * A @ B, base frozen
         for i, m in enumerate(self.modules):
             key = fold(dropout_key, i)
             p = params.get(str(i)) if m.params is not None else None

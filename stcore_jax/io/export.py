@@ -55,9 +55,14 @@ def _versions() -> dict:
 
 def _write(model, staging: str, create_model_card: bool) -> None:
     entries = []
+    # LoRA: the adapted encoder is written with W + scale * A @ B folded in, a plain model.
+    merged = model.adapted_module_params() if hasattr(model, "adapted_module_params") else {}
     for i, m in enumerate(model.modules):
         sub = _module_dir(i, m)
-        m.save(os.path.join(staging, sub) if sub else staging)
+        if str(i) in merged:
+            m.save(os.path.join(staging, sub) if sub else staging, params=merged[str(i)])
+        else:
+            m.save(os.path.join(staging, sub) if sub else staging)
         entry = {"idx": i, "name": str(i), "path": sub, "type": m.st_type}
         if isinstance(m, Router):
             entry["kwargs"] = ["task"]  # releases 5.x pass encode's task only to modules that list it

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Parameters that get weight decay: Linear kernels and embedding tables. Biases and LayerNorm
-# parameters (leaf "scale"/"bias") are excluded, as Hugging Face's Trainer does.
-DECAYED_LEAVES = ("kernel", "embedding")
+# Parameters that get weight decay: Linear kernels, embedding tables and LoRA adapter matrices.
+# Biases and LayerNorm parameters (leaf "scale"/"bias") are excluded, as Hugging Face's Trainer does.
+DECAYED_LEAVES = ("kernel", "embedding", "lora_A", "lora_B")
 
 
 def warmup_steps_for(args, total_steps: int) -> int:
@@ -118,3 +118,18 @@ def make_optimizer(args, trainable, total_steps: int):
     for pattern, lr in mapping.items():
         transforms[pattern] = _base_optimizer(args, make_schedule(args, total_steps, float(lr)))
     return optax.chain(*clip, optax.multi_transform(transforms, labels)), schedule
+
+
+def freeze_params(tx, trainable, frozen_model_keys):
+    """Wrap ``tx`` so that ``trainable["model"][k]`` for ``k`` in ``frozen_model_keys`` (the encoder's
+    base weights under LoRA) gets no optimizer state and a zero update; the rest goes through ``tx``
+    (whose gradient clipping then sees only the trained leaves). No frozen keys: ``tx`` unchanged."""
+    if not frozen_model_keys:
+        return tx
+
+    def label(path, _):
+        top = [getattr(p, "key", None) for p in path[:2]]
+        return "frozen" if top[0] == "model" and len(top) > 1 and top[1] in frozen_model_keys else "train"
+
+    labels = jax.tree_util.tree_map_with_path(label, trainable)
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -36,7 +36,7 @@ from stcore_jax.training.distributed import local_batch_slots, local_rows, maybe
 from stcore_jax.training.data import LABEL_COLUMNS, batch_bucket, collate, prepare_dataset
 from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.nonfinite import NonFiniteLossError, stop_on_nonfinite, warn_skipped
-from stcore_jax.training.optim import make_optimizer
+from stcore_jax.training.optim import freeze_params, make_optimizer
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
 from stcore_jax.training.step import make_eval_step, make_train_step
@@ -256,6 +256,11 @@ class SentenceTransformerTrainer:
             tx, schedule = self.optimizers[0], self.optimizers[1]
         else:
             tx, schedule = make_optimizer(self.args, trainable, total_steps)
+        frozen = self.model.frozen_param_keys() if hasattr(self.model, "frozen_param_keys") else frozenset()
+        tx = freeze_params(tx, trainable, frozen)  # LoRA: the base encoder gets no state and no update
+        if hasattr(self.model, "get_nb_trainable_parameters"):
+            n_train, n_all = self.model.get_nb_trainable_parameters()
+            logger.info("Trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))
         self.schedule = schedule
         state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
                  "skipped": jnp.zeros((), jnp.int32)}
@@ -572,6 +577,8 @@ class SentenceTransformerTrainer:
             self.model.save_pretrained(output_dir or self.args.output_dir)
 
     def get_num_trainable_parameters(self) -> int:
+        if hasattr(self.model, "num_trainable_parameters"):  # excludes a LoRA-frozen base
+            return self.model.num_trainable_parameters()
         return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(self.model.params)))
 
     def get_learning_rates(self):
