@@ -19,13 +19,18 @@ def _rows(x):
     return x[None, :] if x.ndim == 1 else x
 
 
+def _safe_sqrt(sq):
+    """``sqrt(sq)`` whose gradient at 0 is 0 instead of inf: an exactly zero norm or distance (a padded
+    batch row, an empty text, a row against itself) would otherwise turn 0 * inf into NaN gradients
+    and poison the whole step; torch's norms and distances have finite gradients there."""
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def normalize(x, axis=-1):
     """L2-normalise along ``axis`` exactly as ``torch.nn.functional.normalize`` (eps=1e-12)."""
     x = jnp.asarray(x)
-    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
-    # sqrt'(0) is inf: a zero row (a padded batch row, an empty text) would get 0 * inf = NaN gradients
-    # and poison the step; torch's norm has a finite gradient there. Same values, safe gradient.
-    norm = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    norm = _safe_sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True))
     return (x / jnp.maximum(norm, _EPS)).astype(x.dtype)
 
 
@@ -45,7 +50,7 @@ def euclidean_sim(a, b):
     """Negative L2 distance matrix ``[N, M]`` (``-torch.cdist(a, b, p=2)``)."""
     a, b = _rows(a).astype(jnp.float32), _rows(b).astype(jnp.float32)
     diff = a[:, None, :] - b[None, :, :]
-    return -jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+    return -_safe_sqrt(jnp.sum(diff * diff, axis=-1))
 
 
 def manhattan_sim(a, b):
@@ -69,7 +74,7 @@ def pairwise_dot_score(a, b):
 def pairwise_euclidean_sim(a, b):
     """Row-wise negative L2 distance ``[N]``."""
     a, b = _rows(a).astype(jnp.float32), _rows(b).astype(jnp.float32)
-    return -jnp.sqrt(jnp.sum((a - b) ** 2, axis=-1))
+    return -_safe_sqrt(jnp.sum((a - b) ** 2, axis=-1))
 
 
 def pairwise_manhattan_sim(a, b):
