@@ -14,11 +14,19 @@ INDEX_NAME = "model.safetensors.index.json"
 
 
 def _read_file(path: str) -> dict[str, np.ndarray]:
-    out = {}
-    # framework="flax" reads bfloat16 too (numpy has no native bf16); convert back to numpy.
-    with safe_open(path, framework="flax") as f:
+    out, bf16 = {}, []
+    # Plain numpy: going through jax would compile a small program per new tensor shape, so even a
+    # file with a bad tensor would compile before its error is raised. numpy has no bfloat16, though.
+    with safe_open(path, framework="numpy") as f:
         for k in f.keys():
-            out[k] = np.asarray(f.get_tensor(k))
+            try:
+                out[k] = f.get_tensor(k)
+            except TypeError:  # "data type 'bfloat16' not understood"
+                bf16.append(k)
+    if bf16:  # framework="flax" reads bfloat16; convert back to numpy (ml_dtypes.bfloat16).
+        with safe_open(path, framework="flax") as f:
+            for k in bf16:
+                out[k] = np.asarray(f.get_tensor(k))
     return out
 
 

@@ -1,0 +1,71 @@
+"""Multi-host on one machine: 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo), each
+collating only its slice of every global batch, equal the 1-process 8-device run; only process 0
+writes exports and logs; a checkpoint written by the 2 processes restores (resharded) in 1 process."""
+
+import json
+import os
+import socket
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from conftest import load_dump
+from stcore_jax.training import checkpoint as ckpt
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _assert_close(a, b, what):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-5, err_msg=f"{what}: {k}")
+
+
+def test_two_processes_equal_one(launch, tmp_path, straight_run):
+    straight_params, straight_dir = straight_run
+    out, dump = str(tmp_path / "out"), str(tmp_path / "mp")
+    coord = f"127.0.0.1:{_free_port()}"
+    workers = [launch(f"proc{i}", out, local_devices=4, num_processes=2, process_id=i, coordinator=coord,
+                      dump=dump, save_final_model=True) for i in range(2)]
+    for w in workers:
+        assert w.finish() == 0, w.stderr()[-3000:]
+
+    p0, p1 = load_dump(dump, 0), load_dump(dump, 1)
+    for k in p0:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)  # one global array, seen from both processes
+    _assert_close(p0, straight_params, "2 processes vs 1")
+
+    # Only process 0 writes the export and the logs; process 1 writes only its orbax shards.
+    assert os.path.isfile(os.path.join(out, "final", "model.safetensors"))
+    logged = [json.loads(line)["step"] for line in open(os.path.join(out, "logs.jsonl"))]
+    assert logged == sorted(set(logged)) and logged, logged  # each log line once
+    writes1 = json.load(open(f"{dump}.1.writes.json"))
+    stray = [p for _, p in writes1 if "/state" not in p]
+    assert not stray, stray
+    assert any("final" in p for _, p in json.load(open(f"{dump}.0.writes.json")))
+
+    # The checkpoint the 2 processes wrote restores in this 1-process, 8-device runtime (orbax reshards
+    # onto the target's shardings) and matches the 1-process run's checkpoint of the same step.
+    mp_state = _restore_on_one_process(os.path.join(out, "checkpoint-8"))
+    one_state = _restore_on_one_process(os.path.join(straight_dir, "checkpoint-8"))
+    assert int(mp_state["step"]) == int(one_state["step"]) == 8
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(mp_state)[0], jax.tree_util.tree_leaves(one_state)):
+        assert a.sharding.num_devices == 8 and a.sharding.is_fully_replicated, path
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    mp_trainer_state = json.load(open(os.path.join(out, "checkpoint-8", "trainer_state.json")))
+    assert (mp_trainer_state["epoch_index"], mp_trainer_state["batches_in_epoch"]) == (1, 2)
+
+
+def _restore_on_one_process(path):
+    meta = ocp.StandardCheckpointer().metadata(os.path.join(path, "state"))
+    tree = getattr(meta, "item_metadata", meta)
+    replicated = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P())
+    abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), tree)
+    state, _ = ckpt.restore_checkpoint(path, abstract)
+    return state
