@@ -36,6 +36,16 @@ OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 _MAX_IN_FLIGHT = 4  # encode batches dispatched ahead of the one being fetched
 
 
+def _legacy_task_inputs(rows):
+    """Asym-era input ``[{"query": text}, ...]`` -> ``("query", [text, ...])``; one task per call."""
+    keys = {k for r in rows for k in r}
+    if len(keys) != 1:
+        raise ValueError(f"encode: dict inputs name the Router task as their only key, and all must name the same "
+                         f"one; got keys {sorted(keys)}. Pass plain strings with task=... instead")
+    task = keys.pop()
+    return task, [r[task] for r in rows]
+
+
 class SentenceTransformer(LoraAdapterMixin):
     """Load a sentence-transformers directory, a Hugging Face checkpoint, or a hub id (when online).
 
@@ -280,6 +290,8 @@ class SentenceTransformer(LoraAdapterMixin):
         if sentences is None or not hasattr(sentences, "__len__"):
             raise TypeError(f"encode expects a string or a list of strings, got {type(sentences).__name__}")
         sentences = list(sentences)
+        if task is None and isinstance(self.input_module, Router) and sentences and all(isinstance(s, dict) for s in sentences):
+            task, sentences = _legacy_task_inputs(sentences)
         for i, s in enumerate(sentences):
             if not isinstance(s, str):
                 raise TypeError(f"encode: input at index {i} is {type(s).__name__} ({s!r}), not a string")

@@ -15,6 +15,7 @@ too.
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import logging
 import os
@@ -226,6 +227,17 @@ class Router(Module):
         for m in self._input_modules():
             if hasattr(m, "max_seq_length"):
                 m.max_seq_length = int(value)
+
+    def with_compute_dtype(self, dtype) -> "Router":
+        """A shallow copy whose sub-modules compute in ``dtype`` (the trainer's ``bf16`` view); parameters
+        and the route structure are shared, so a module shared by two routes stays one module."""
+        converted = {mid: m.with_compute_dtype(dtype) if hasattr(m, "with_compute_dtype") else m
+                     for mid, m in self.modules.items()}
+        if all(converted[mid] is m for mid, m in self.modules.items()):
+            return self
+        out = copy.copy(self)
+        out.modules = converted
+        return out
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         for m in self.modules.values():

@@ -178,3 +178,40 @@ def test_router_construction_and_load_errors(tiny_hf, tmp_path):
     json.dump(cfg, open(cfg_path, "w"))
     with pytest.raises(ValueError, match="not a plain folder name"):
         SentenceTransformer(str(tmp_path / "m"))
+
+
+def test_task_survives_gradcache_bf16_view_and_legacy_inputs(tiny_hf, minilm_path):
+    """The task rides along GradCache's chunking (features split into batched / rest) and the bf16 view."""
+    import jax.numpy as jnp
+
+    from stcore_jax.losses import CachedMultipleNegativesRankingLoss
+    from stcore_jax.losses.embed import compute_loss
+    from stcore_jax.models.router import Task
+
+    model = _static_query_model(tiny_hf, minilm_path)
+    router = model[0]
+    cols = []
+    for task, texts in (("query", QUERIES), ("document", DOCS + ["Hi"])):
+        feats = router.pad(router.tokenize_ids(texts, task=task), 16, 4, task=task)
+        cols.append({**feats, "task": Task(task)})
+    plain = MultipleNegativesRankingLoss(model)
+    cached = CachedMultipleNegativesRankingLoss(model, mini_batch_size=2)
+    fn = jax.jit(jax.value_and_grad(lambda p, c, loss: compute_loss(loss, model.forward, p, c), argnums=0),
+                 static_argnums=2)
+    (l1, g1), (l2, g2) = fn(model.params, cols, plain), fn(model.params, cols, cached)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert np.abs(g1["0"]["query_0_StaticEmbedding"]["embedding"]["embedding"]).sum() > 0
+
+    view = model.with_compute_dtype(jnp.bfloat16)
+    assert view[0].structure == router.structure and view[0].modules["query_0_StaticEmbedding"] is router.modules[
+        "query_0_StaticEmbedding"]
+    assert view[0].modules["document_0_Transformer"].config.dtype == jnp.bfloat16
+    q = view.forward(model.params, cols[0])["sentence_embedding"]
+    np.testing.assert_allclose(q, model.forward(model.params, cols[0])["sentence_embedding"], atol=1e-6)  # static: f32
+
+    # Asym-era dict inputs name the task.
+    np.testing.assert_allclose(model.encode([{"query": t} for t in QUERIES]), model.encode_query(QUERIES), atol=1e-6)
+    with pytest.raises(ValueError, match="same one; got keys \\['document', 'query'\\]"):
+        model.encode([{"query": "a"}, {"document": "b"}])
