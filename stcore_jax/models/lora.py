@@ -75,8 +75,8 @@ class LoraConfig:
         if not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
         if self.lora_dropout:
-            raise ValueError(f"LoraConfig.lora_dropout={self.lora_dropout} is not supported: stcore_jax merges adapters "
-                             "into the weights (W + scale*A@B), so there is no adapter branch to drop out. Use 0.0.")
+            raise ValueError(f"LoraConfig.lora_dropout={self.lora_dropout} is not supported: stcore_jax merges "
+                             "adapters into the weights (W + scale*A@B), so there is no adapter branch to drop out. Use 0.0.")
         if self.bias != "none":
             raise ValueError(f"LoraConfig.bias={self.bias!r} is not supported; only 'none' (biases stay frozen)")
         if not isinstance(self.init_lora_weights, bool):
@@ -106,8 +106,8 @@ def select_targets(params: dict, target_modules, model_type: str | None) -> dict
     linears = linear_paths(params)
     if target_modules is None:
         if model_type not in DEFAULT_TARGETS:
-            raise ValueError(f"LoraConfig.target_modules is None and there is no default for model_type={model_type!r}; "
-                             f"name the Linear layers, e.g. target_modules={sorted(linears)[:2]}")
+            raise ValueError(f"LoraConfig.target_modules is None and there is no default for "
+                             f"model_type={model_type!r}; name the Linear layers, e.g. target_modules={sorted(linears)[:2]}")
         target_modules = list(DEFAULT_TARGETS[model_type])
     if isinstance(target_modules, str):
         hits = {n: p for n, p in linears.items() if re.fullmatch(target_modules, n)}

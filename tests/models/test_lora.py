@@ -2,7 +2,6 @@
 adapters, and the merged export loads in PyTorch sentence-transformers as a plain model."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -66,7 +65,8 @@ def test_counts_init_and_targets(bert_dirs):
 
     regex = SentenceTransformer(bert_dirs["plain"])
     regex.add_adapter(LoraConfig(r=2, target_modules=r"encoder\.layer\.0\.attention\.self\.(query|key)"))
-    assert _adapter_paths(regex.adapters["0"]) == ["encoder.layer.0.attention.self.key", "encoder.layer.0.attention.self.query"]
+    assert _adapter_paths(regex.adapters["0"]) == ["encoder.layer.0.attention.self.key",
+                                                   "encoder.layer.0.attention.self.query"]
     names = SentenceTransformer(bert_dirs["plain"])
     names.add_adapter(LoraConfig(r=2, target_modules=["dense"]))  # suffix match: attention output, intermediate, output
     assert len(_adapter_paths(names.adapters["0"])) == 3 * LAYERS
@@ -117,7 +117,8 @@ def test_trainer_trains_only_adapters(bert_dirs, pairs, tmp_path, caplog):
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=1, learning_rate=3e-2,
         warmup_steps=0, logging_steps=1, save_strategy="no", disable_tqdm=True, save_final_model=False)
-    trainer = SentenceTransformerTrainer(model=model, args=args, loss=MultipleNegativesRankingLoss(model, gather_across_devices=True),
+    loss = MultipleNegativesRankingLoss(model, gather_across_devices=True)  # in-batch negatives over all 8 shards
+    trainer = SentenceTransformerTrainer(model=model, args=args, loss=loss,
                                          train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}))
     adapter_params = LAYERS * 2 * R * (D + D)
     assert trainer.get_num_trainable_parameters() == adapter_params

@@ -74,7 +74,8 @@ def test_pipeline_matches_sentence_transformers(mb_dirs, texts):
     a, b = ours.encode(texts, batch_size=4), ref.encode(texts, batch_size=4)
     assert a.shape == b.shape == (len(texts), 64)
     np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
-    for x, y in zip(ours.encode(texts, output_value="token_embeddings"), ref.encode(texts, output_value="token_embeddings")):
+    tokens = "token_embeddings"
+    for x, y in zip(ours.encode(texts, output_value=tokens), ref.encode(texts, output_value=tokens)):
         np.testing.assert_allclose(x, y.numpy(), atol=ATOL, rtol=0)
 
 
@@ -110,7 +111,8 @@ def test_dropout_keys_and_remat(mb_dirs, minilm_path, texts, tmp_path):
     """With dropout configured: no key is inference (= transformers in eval mode); a key drops (the same
     key the same way); per-layer remat gives the same outputs and gradients."""
     hf = tiny_models.build_modernbert(str(tmp_path / "drop"), str(minilm_path), local_attention=LOCAL_ATTENTION,
-                                      num_hidden_layers=2, attention_dropout=0.1, mlp_dropout=0.1, embedding_dropout=0.1)
+                                      num_hidden_layers=2, attention_dropout=0.1, mlp_dropout=0.1,
+                                      embedding_dropout=0.1)
     module = Transformer(hf)
     feats = {k: jnp.asarray(v) for k, v in module.tokenize(texts[:4]).items()}
     with torch.no_grad():
