@@ -31,6 +31,7 @@ PREFIX = "checkpoint-"
 PARTIAL, DELETING, REPLACED = ".partial", ".deleting", ".replaced"
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER_RE = re.compile(r"^checkpoint-(\d+)(\.partial|\.deleting|\.replaced)$")
+_EXPORT_STAGING_RE = re.compile(r"^\.checkpoint-\d+\.partial\.(tmp|old)-")  # io/export.py's, inside a save
 _PAUSE_ENV = "STCORE_JAX_TEST_CHECKPOINT_PAUSE"
 
 
@@ -143,15 +144,18 @@ def clean_partials(output_dir: str) -> None:
     """Tidy up after a killed process (process 0 acts; every process must call it).
 
     A complete ``checkpoint-N.partial`` (it has ``trainer_state.json``, written last) whose
-    ``checkpoint-N`` is missing was interrupted between the two renames of a re-save: promote it.
-    Everything else left over (incomplete partials, ``.deleting``, ``.replaced``) is removed.
+    ``checkpoint-N`` is missing was killed after the write but before its rename: promote it.
+    Everything else left over (incomplete partials, ``.deleting``, ``.replaced``, the export's hidden
+    staging directories of a checkpoint) is removed.
     """
     if jax.process_index() == 0 and os.path.isdir(output_dir):
         for name in sorted(os.listdir(output_dir)):
             m = _LEFTOVER_RE.match(name)
-            if not m:
-                continue
             path = os.path.join(output_dir, name)
+            if not m:
+                if _EXPORT_STAGING_RE.match(name):
+                    shutil.rmtree(path, ignore_errors=True)
+                continue
             final = os.path.join(output_dir, PREFIX + m.group(1))
             if m.group(2) == PARTIAL and is_checkpoint(path) and not os.path.exists(final):
                 os.rename(path, final)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from conftest import load_dump
+from run_workers import load_dump
 from stcore_jax.training import checkpoint as ckpt
 
 PAUSE = "STCORE_JAX_TEST_CHECKPOINT_PAUSE"

@@ -1,9 +1,12 @@
 """Multi-host on one machine: 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo), each
 collating only its slice of every global batch, equal the 1-process 8-device run; only process 0
-writes exports and logs; a checkpoint written by the 2 processes restores (resharded) in 1 process."""
+writes exports and logs; a checkpoint written by the 2 processes restores (resharded) in 1 process;
+a SIGTERM to one process stops both at the same step."""
 
 import json
 import os
+import re
+import signal
 import socket
 
 import jax
@@ -11,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from conftest import load_dump
+from run_workers import load_dump
 from stcore_jax.training import checkpoint as ckpt
 
 
@@ -69,3 +72,23 @@ def _restore_on_one_process(path):
     abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), tree)
     state, _ = ckpt.restore_checkpoint(path, abstract)
     return state
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(launch, tmp_path):
+    """A scheduler's SIGTERM to one host: JAX's preemption service (on in jax.distributed) makes every
+    process stop after the same step; they write one checkpoint together and exit 143."""
+    out = str(tmp_path / "out")
+    coord = f"127.0.0.1:{_free_port()}"
+    workers = [launch(f"proc{i}", out, local_devices=4, num_processes=2, process_id=i, coordinator=coord,
+                      step_sleep=1.0) for i in range(2)]
+    workers[0].wait_for("STEP 5")
+    workers[0].proc.send_signal(signal.SIGTERM)
+    stops = []
+    for w in workers:
+        assert w.finish(timeout=120) == 128 + signal.SIGTERM, w.stderr()[-3000:]
+        m = re.search(r"stopped after step (\d+) and wrote \S+checkpoint-(\d+)", w.stderr())
+        assert m and m.group(1) == m.group(2), w.stderr()[-3000:]
+        stops.append(int(m.group(1)))
+    assert stops[0] == stops[1] and 5 <= stops[0] < 10, stops
+    assert ckpt.list_checkpoints(out)[-1][0] == stops[0]
+    assert not [n for n in os.listdir(out) if "partial" in n]
