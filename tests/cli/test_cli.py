@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _config(tmp_path, model, stsb_dir, **extra):
     text = f"""
-model: {{name_or_path: {model}, max_seq_length: 32}}
+model: {{name_or_path: {model}, max_seq_length: 8}}
 data: {{train: {stsb_dir}, eval: {stsb_dir}, max_train_rows: 64, max_eval_rows: 40}}
 loss: {{name: CoSENTLoss, kwargs: {{scale: 20.0}}}}
 arguments:
@@ -25,7 +25,7 @@ arguments:
   learning_rate: 1.0e-4
   save_strategy: "no"
   logging_steps: 1
-  length_buckets: [32]
+  length_buckets: [8]
 evaluator: {{name: EmbeddingSimilarityEvaluator, kwargs: {{name: sts-dev}}}}
 """
     p = tmp_path / "run.yaml"

@@ -21,7 +21,7 @@ def test_notebook_cells_run(tiny_st, stsb_dir, tmp_path, capsys):
         src = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith(("!", "%")))
         exec(compile(src, NOTEBOOK, "exec"), ns)  # noqa: S102 - the notebook's own code
         if "OUTPUT_DIR =" in src:  # the settings cell: tiny local inputs for the test
-            ns.update(MODEL=tiny_st, DATA_DIR=str(stsb_dir), MAX_ROWS=48, MAX_STEPS=2, BATCH_PER_DEVICE=2,
+            ns.update(MODEL=tiny_st, DATA_DIR=str(stsb_dir), MAX_ROWS=48, MAX_STEPS=2, BATCH_PER_DEVICE=2, MAX_SEQ_LENGTH=8,
                       OUTPUT_DIR=str(tmp_path))
     assert os.path.isfile(os.path.join(tmp_path, "export", "modules.json"))
     assert ns["trainer"].state.global_step == 2
