@@ -38,13 +38,13 @@ def _data(stsb, loss, limit):
     return cols
 
 
-def _spearman(model_encode, stsb):
+def _spearman(model_encode, stsb, split="test"):
     import numpy as np
     from scipy.stats import spearmanr
 
     from stcore_jax.util import read_sts
 
-    s1, s2, sc = read_sts(os.path.join(stsb, "sts-test.csv"))
+    s1, s2, sc = read_sts(os.path.join(stsb, f"sts-{split}.csv"))
     a, b = np.asarray(model_encode(s1)), np.asarray(model_encode(s2))
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return float(spearmanr(cos, sc).statistic)
@@ -78,6 +78,7 @@ def run_ours(a):
 
     model = SentenceTransformer(a.model)
     before = _spearman(lambda s: model.encode(s, batch_size=64), a.stsb)
+    dev_before = _spearman(lambda s: model.encode(s, batch_size=64), a.stsb, "dev")
     data = Dataset.from_dict(_data(a.stsb, a.loss, a.limit))
     loss = CoSENTLoss(model) if a.loss == "cosent" else MultipleNegativesRankingLoss(model)
     times = {}
@@ -91,7 +92,7 @@ def run_ours(a):
     args = SentenceTransformerTrainingArguments(
         output_dir=os.path.join(a.workdir, "ours"), num_train_epochs=1, per_device_train_batch_size=a.batch_size,
         learning_rate=2e-5, warmup_ratio=0.1, lr_scheduler_type="linear", save_strategy="no", logging_steps=50,
-        disable_tqdm=True, save_final_model=False, bf16=a.bf16, seed=42,
+        disable_tqdm=True, save_final_model=False, bf16=a.bf16, seed=a.seed,
         batch_sampler="no_duplicates" if a.loss == "mnrl" else "batch_sampler")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()])
     t0 = time.perf_counter()
@@ -104,6 +105,7 @@ def run_ours(a):
     tokens = sum(len(ids) for col in trainer.train_prepared[next(iter(trainer.train_prepared))].token_ids
                  for ids in col["input_ids"])
     return {"after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb), "before": before, "steps": steps,
+            "dev_before": dev_before, "dev_after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb, "dev"),
             "train_s": t1 - t0, "samples_per_s": n_rows / (steady * steps), "tokens_per_s": tokens / (steady * steps),
             "compile_count": trainer.compile_count[0], "compile_s": max(first - steady, 0.0),
             "peak_mb": _peak_mb(a.device), "rows": n_rows}
@@ -122,6 +124,7 @@ def run_ref(a):
 
     model = SentenceTransformer(a.model, device=a.device)
     before = _spearman(lambda s: model.encode(s, batch_size=64), a.stsb)
+    dev_before = _spearman(lambda s: model.encode(s, batch_size=64), a.stsb, "dev")
     data = Dataset.from_dict(_data(a.stsb, a.loss, a.limit))
     loss = losses.CoSENTLoss(model) if a.loss == "cosent" else losses.MultipleNegativesRankingLoss(model)
     times = {}
@@ -134,7 +137,7 @@ def run_ref(a):
     args = SentenceTransformerTrainingArguments(
         output_dir=os.path.join(a.workdir, "ref"), num_train_epochs=1, per_device_train_batch_size=a.batch_size,
         learning_rate=2e-5, warmup_ratio=0.1, lr_scheduler_type="linear", save_strategy="no", logging_steps=50,
-        disable_tqdm=True, report_to="none", bf16=a.bf16, seed=42, use_cpu=a.device == "cpu",
+        disable_tqdm=True, report_to="none", bf16=a.bf16, seed=a.seed, use_cpu=a.device == "cpu",
         batch_sampler="no_duplicates" if a.loss == "mnrl" else "batch_sampler")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()])
     t0 = time.perf_counter()
@@ -148,6 +151,7 @@ def run_ref(a):
     cols = [c for c in data.column_names if c not in ("score", "label")]
     tokens = sum(len(ids) for c in cols for ids in tok(list(data[c]), truncation=True, max_length=model.max_seq_length)["input_ids"])
     return {"after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb), "before": before, "steps": steps,
+            "dev_before": dev_before, "dev_after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb, "dev"),
             "train_s": t1 - t0, "samples_per_s": len(data) / (steady * steps), "tokens_per_s": tokens / (steady * steps),
             "compile_count": 0, "compile_s": 0.0, "peak_mb": _peak_mb(a.device), "rows": len(data)}
 
@@ -161,6 +165,7 @@ def main():
     p.add_argument("--limit", type=int, default=0, help="use only the first N training rows (0 = all)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--seed", type=int, default=42, help="trainer seed (shuffle order and dropout) on both sides")
     p.add_argument("--workdir", default="/tmp/stcore_bench_train")
     p.add_argument("--only", choices=["ours", "ref"], help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="write the results here")
@@ -177,7 +182,7 @@ def main():
         for who in ("ours", "ref"):
             cmd = [sys.executable, __file__, "--only", who, "--loss", loss, "--model", a.model, "--stsb", a.stsb,
                    "--batch-size", str(a.batch_size), "--limit", str(a.limit), "--device", a.device,
-                   "--workdir", a.workdir] + (["--bf16"] if a.bf16 else [])
+                   "--workdir", a.workdir, "--seed", str(a.seed)] + (["--bf16"] if a.bf16 else [])
             out = subprocess.run(cmd, capture_output=True, text=True)
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
@@ -193,7 +198,8 @@ def main():
     for loss in {k[0] for k in results}:
         o, r = results[(loss, "ours")], results[(loss, "ref")]
         print(f"{loss}: speed ratio ours/ref = {o['samples_per_s'] / r['samples_per_s']:.2f}x; "
-              f"Spearman after: ours {o['after']:.4f} vs ref {r['after']:.4f} (diff {o['after'] - r['after']:+.4f})")
+              f"Spearman after: ours {o['after']:.4f} vs ref {r['after']:.4f} (diff {o['after'] - r['after']:+.4f}); "
+              f"dev: ours {o['dev_before']:.4f} -> {o['dev_after']:.4f}, ref {r['dev_before']:.4f} -> {r['dev_after']:.4f}")
     if a.json:
         json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, open(a.json, "w"), indent=2)
 
