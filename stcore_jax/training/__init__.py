@@ -6,7 +6,9 @@ from stcore_jax.training.arguments import (
     SentenceTransformerTrainingArguments,
 )
 from stcore_jax.training.callbacks import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState
-from stcore_jax.training.trainer import NonFiniteLossError, SentenceTransformerTrainer
+from stcore_jax.training.nonfinite import NonFiniteLossError
+from stcore_jax.training.preemption import TrainingInterrupted
+from stcore_jax.training.trainer import SentenceTransformerTrainer
 
 __all__ = [
     "BatchSamplers",
@@ -18,4 +20,5 @@ __all__ = [
     "TrainerCallback",
     "TrainerControl",
     "TrainerState",
+    "TrainingInterrupted",
 ]

@@ -298,6 +298,7 @@ class SentenceTransformerTrainer:
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train; on SIGTERM/SIGINT finish the step, write a checkpoint and raise ``TrainingInterrupted``."""
+        self._last_save_step = None
         with PreemptionGuard() as self._preemption:
             return self._train(resume_from_checkpoint)
 
