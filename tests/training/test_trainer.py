@@ -122,3 +122,17 @@ def test_learning_rate_schedule_matches_transformers(tmp_path):
             assert abs(float(ours(step)) - opt.param_groups[0]["lr"]) < 1e-9, (kind, step)
             opt.step()
             sched.step()
+
+
+def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
+    model = SentenceTransformer(tiny_bert_dir)
+    args = _args(tmp_path, per_device_train_batch_size=2, logging_steps=3)
+    # one row in 16 twice as long, so that batches land in different length buckets
+    longer = pairs.map(lambda r, i: {"sentence1": r["sentence1"] + " " + r["sentence2"] if i % 16 == 0 else r["sentence1"]},
+                       with_indices=True)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=longer, loss=CoSENTLoss(model))
+    used = {trainer._collate_step(name, [rows], trainer.global_batch)["columns"][0]["input_ids"].shape[1]
+            for name, rows in trainer.epoch_plan(0)}
+    assert len(used) >= 2  # the epoch really spans several buckets
+    trainer.train()
+    assert trainer.compile_count[0] == len(used)
