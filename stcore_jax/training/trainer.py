@@ -487,6 +487,15 @@ class SentenceTransformerTrainer:
                 self._pending_best = True
         return metrics
 
+    def _eval_step_fn(self, loss):
+        """The jitted eval step of ``loss``, kept across evaluations: a fresh ``jax.jit`` per evaluate()
+        would trace and compile every length bucket again each time."""
+        cache = self.__dict__.setdefault("_eval_step_fns", {})
+        if id(loss) not in cache:
+            step = make_eval_step(self._compute_model().forward, loss, num_shards=self.data_parallel)
+            cache[id(loss)] = jax.jit(step, out_shardings=NamedSharding(self.mesh, P()))
+        return cache[id(loss)]
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         t0 = time.perf_counter()
         metrics = {}
@@ -498,10 +507,8 @@ class SentenceTransformerTrainer:
                                            router_mapping=self.args.router_mapping) for n, d in data.items()}
         n_rows = 0
         if prepared and self._train_state is not None:
-            replicated = NamedSharding(self.mesh, P())
             for name, ds in prepared.items():
-                fn = jax.jit(make_eval_step(self._compute_model().forward, self.loss.get(name, next(iter(self.loss.values()))),
-                                            num_shards=self.data_parallel), out_shardings=replicated)
+                fn = self._eval_step_fn(self.loss.get(name, next(iter(self.loss.values()))))
                 totals, count = None, 0
                 order = np.arange(len(ds))
                 for s in range(0, len(ds), self.global_eval_batch):

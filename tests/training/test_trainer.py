@@ -136,3 +136,18 @@ def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
     assert len(used) >= 2  # the epoch really spans several buckets
     trainer.train()
     assert trainer.compile_count[0] == len(used)
+
+
+def test_evaluate_reuses_its_compiled_step(tiny_bert_dir, pairs, tmp_path):
+    model = SentenceTransformer(tiny_bert_dir)
+    loss = CoSENTLoss(model)
+    trainer = SentenceTransformerTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=pairs,
+                                         eval_dataset=pairs.select(range(32)), loss=loss)
+    trainer.train()
+    first = trainer.evaluate()
+    fn = trainer._eval_step_fn(loss)
+    compiled = fn._cache_size()
+    assert compiled >= 1
+    second = trainer.evaluate()
+    assert trainer._eval_step_fn(loss) is fn and fn._cache_size() == compiled  # no new trace or compile
+    assert second["eval_loss"] == first["eval_loss"]
