@@ -8,6 +8,7 @@ process owns.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -52,6 +53,7 @@ def maybe_initialize_distributed() -> bool:
     return jax.process_count() > 1
 
 
+@functools.lru_cache(maxsize=64)  # called per step and per batch leaf; the answer depends on the mesh only
 def local_batch_slots(mesh, global_batch: int) -> np.ndarray:
     """``[n_local]`` positions of a global batch (sharded over the ``data`` axis) held by this process's
     devices, in the order :func:`jax.make_array_from_process_local_data` maps its local rows onto
@@ -60,7 +62,9 @@ def local_batch_slots(mesh, global_batch: int) -> np.ndarray:
         raise ValueError(f"global batch {global_batch} is not divisible by the data axis ({mesh.shape['data']})")
     index = NamedSharding(mesh, P("data")).addressable_devices_indices_map((global_batch,))
     blocks = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index.values()})
-    return np.concatenate([np.arange(a, b) for a, b in blocks])
+    slots = np.concatenate([np.arange(a, b) for a, b in blocks])
+    slots.flags.writeable = False  # shared by every caller through the cache
+    return slots
 
 
 def local_rows(rows, slots) -> list:
