@@ -67,7 +67,13 @@ def guess_base_model(path: str | None) -> str | None:
 
 
 def dataset_info(name: str, ds, n_samples: int = 3) -> dict:
-    """Columns with dtype and statistics over the first 1000 rows, the size and a few sample rows."""
+    """Columns with dtype and statistics over the first 1000 rows, the size and a few sample rows.
+    A stream (IterableDataset) gives its columns only: reading rows from it here would cost a pass."""
+    if not hasattr(ds, "select"):  # IterableDataset: like the reference's card, columns without stats
+        features = ds.features or {}
+        return {"name": name, "size": None, "samples": [],
+                "columns": {c: {"dtype": getattr(features.get(c), "dtype", "unknown"), "stats": ""}
+                            for c in ds.column_names or []}}
     head = ds.select(range(min(len(ds), 1000)))
     columns = {}
     for c in ds.column_names:
@@ -173,7 +179,8 @@ def _datasets_section(title, infos, card) -> list[str]:
         return []
     out = [f"### {title} Dataset{'s' if len(infos) > 1 else ''}", ""]
     for info in infos:
-        out += [f"#### {info['name']}", "", f"* Size: {info['size']:,} {title.lower()} samples",
+        size = f"{info['size']:,}" if info["size"] is not None else "unknown (streamed)"
+        out += [f"#### {info['name']}", "", f"* Size: {size} {title.lower()} samples",
                 f"* Columns: {', '.join(f'<code>{c}</code>' for c in info['columns'])}",
                 "* Approximate statistics based on the first 1000 samples:", "",
                 "  | | " + " | ".join(info["columns"]) + " |",

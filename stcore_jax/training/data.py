@@ -104,8 +104,8 @@ def resolve_task(router_mapping, dataset_name: str | None, column: str, is_dict_
     return router_mapping.get(column)
 
 
-def _check_texts(values, dataset, column):
-    for i, v in enumerate(values):
+def _check_texts(values, dataset, column, first_row=0):
+    for i, v in enumerate(values, first_row):
         if v is None:
             raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is None; drop or fill such rows "
                              f"(e.g. dataset.filter(lambda r: r[{column!r}] is not None))")
@@ -116,8 +116,8 @@ def _check_texts(values, dataset, column):
             raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is empty; drop or fill such rows")
 
 
-def _check_labels(values, dataset, column) -> np.ndarray:
-    for i, v in enumerate(values):
+def _check_labels(values, dataset, column, first_row=0) -> np.ndarray:
+    for i, v in enumerate(values, first_row):
         items = v if isinstance(v, (list, tuple)) else [v]
         for x in items:
             if isinstance(x, bool) or not isinstance(x, numbers.Number):
@@ -131,14 +131,11 @@ def _check_labels(values, dataset, column) -> np.ndarray:
     return arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
 
 
-def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False,
-                    router_mapping=None) -> PreparedDataset:
-    """Validate a ``datasets.Dataset`` against ``loss`` and tokenize its input columns.
-
-    With ``router_mapping``, each column carries its task, and a Router input module tokenizes the
-    column with the input module of that task's route (as the reference's collator does).
-    """
-    cols = list(dataset.column_names)
+def check_columns(column_names, name: str, loss) -> tuple[list[str], str | None]:
+    """``(input columns, label column)`` of a dataset with ``column_names``, checked against ``loss``
+    (reserved names, at least one input, the input count and label the loss expects); warns about
+    well-known names out of place and ID-like columns."""
+    cols = list(column_names)
     for r in RESERVED_COLUMNS:
         if r in cols:
             raise ValueError(f"Dataset {name!r} has a column named {r!r}, which is reserved; rename it")
@@ -152,12 +149,31 @@ def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None,
         raise ValueError(f"Dataset {name!r} with input columns {inputs}" + (f" and label {lab!r}" if lab else "") +
                          f": {e}") from None
     _warn_order(name, inputs)
+    return inputs, lab
+
+
+def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False,
+                    router_mapping=None) -> PreparedDataset:
+    """Validate a ``datasets.Dataset`` against ``loss`` and tokenize its input columns.
+
+    With ``router_mapping``, each column carries its task, and a Router input module tokenizes the
+    column with the input module of that task's route (as the reference's collator does).
+    """
+    inputs, lab = check_columns(dataset.column_names, name, loss)
+    values = {c: list(dataset[c]) for c in inputs + ([lab] if lab else [])}
+    return prepare_columns(values, name, inputs, lab, tokenizer_module, prompts=prompts,
+                           is_dict_dataset=is_dict_dataset, router_mapping=router_mapping, hf_dataset=dataset)
+
+
+def prepare_columns(values: dict, name: str, inputs: list[str], lab: str | None, tokenizer_module, *, prompts=None,
+                    is_dict_dataset=False, router_mapping=None, hf_dataset=None, first_row: int = 0) -> PreparedDataset:
+    """Validate and tokenize rows given as ``{column: [values]}`` (columns already checked by
+    :func:`check_columns`). Error messages number the rows from ``first_row`` (a stream's batches)."""
     texts = []
     for c in inputs:
-        values = list(dataset[c])
-        _check_texts(values, name, c)
-        texts.append(values)
-    labels = _check_labels(list(dataset[lab]), name, lab) if lab else None
+        _check_texts(values[c], name, c, first_row)
+        texts.append(values[c])
+    labels = _check_labels(values[lab], name, lab, first_row) if lab else None
     token_ids, prompt_lengths, tasks, modules = [], [], [], []
     for c, vals in zip(inputs, texts):
         task = resolve_task(router_mapping, name, c, is_dict_dataset)
@@ -170,7 +186,7 @@ def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None,
         prompt_lengths.append(_prompt_length(module, prompt) if prompt else None)
         tasks.append(task)
         modules.append(module)
-    return PreparedDataset(name, inputs, lab, labels, token_ids, prompt_lengths, texts, dataset, tasks, modules)
+    return PreparedDataset(name, inputs, lab, labels, token_ids, prompt_lengths, texts, hf_dataset, tasks, modules)
 
 
 def _prompt_length(module, prompt):

@@ -9,6 +9,7 @@ format.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -40,28 +41,42 @@ from stcore_jax.training.optim import freeze_params, make_optimizer
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
 from stcore_jax.training.step import make_eval_step, make_train_step
+from stcore_jax.training.stream import (
+    StreamPosition,
+    StreamSource,
+    epoch_groups,
+    group_rows,
+    is_stream,
+    require_max_steps,
+    resume_position,
+    warn_ignored_samplers,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _as_dataset_dict(ds, what):
-    """``(dict name -> Dataset, is_dict)``; a single Dataset becomes ``{"train"|"eval": ds}``."""
+def _as_dataset_dict(ds, what, allow_streams=False):
+    """``(dict name -> dataset, is_dict)``; a single dataset becomes ``{"train"|"eval": ds}``. With
+    ``allow_streams`` (training data) the datasets may be IterableDatasets: all of a dict's, or none."""
     if ds is None:
         return {}, False
-    try:
-        from datasets import IterableDataset
-    except ImportError:  # pragma: no cover
-        IterableDataset = ()
-    if isinstance(ds, IterableDataset) or (isinstance(ds, dict) and any(isinstance(v, IterableDataset) for v in ds.values())):
-        raise ValueError(f"{what}: IterableDataset (streaming) is not supported yet; materialise it with "
-                         "datasets.Dataset.from_generator or .take(n)")
-    if isinstance(ds, dict):  # DatasetDict is a dict
+    if isinstance(ds, dict):  # DatasetDict and IterableDatasetDict are dicts
         if not ds:
             raise ValueError(f"{what} is an empty dict")
-        return dict(ds), True
-    if not hasattr(ds, "column_names"):
-        raise ValueError(f"{what} must be a datasets.Dataset, DatasetDict or dict of Datasets, got {type(ds).__name__}")
-    return {what: ds}, False
+        data, is_dict = dict(ds), True
+    else:
+        if not hasattr(ds, "column_names"):
+            raise ValueError(f"{what} must be a datasets.Dataset, DatasetDict or dict of Datasets"
+                             f"{' (or IterableDatasets)' if allow_streams else ''}, got {type(ds).__name__}")
+        data, is_dict = {what: ds}, False
+    streams = [n for n, d in data.items() if is_stream(d)]
+    if streams and not allow_streams:
+        raise ValueError(f"{what}: IterableDataset (streaming) is supported for train_dataset only; materialise the "
+                         "eval data with datasets.Dataset.from_generator or .take(n)")
+    if streams and len(streams) < len(data):
+        raise ValueError(f"{what}: datasets {streams} are IterableDatasets (streams) but "
+                         f"{[n for n in data if n not in streams]} are not; use streams for all of them or for none")
+    return data, is_dict
 
 
 class SentenceTransformerTrainer:
@@ -81,7 +96,10 @@ class SentenceTransformerTrainer:
         if compute_metrics is not None:
             logger.warning("compute_metrics is not supported by SentenceTransformerTrainer; use an evaluator")
         self.optimizers = optimizers
-        self.train_data, self.train_is_dict = _as_dataset_dict(train_dataset, "train")
+        self.train_data, self.train_is_dict = _as_dataset_dict(train_dataset, "train", allow_streams=True)
+        self.streaming = any(is_stream(d) for d in self.train_data.values())
+        if self.streaming:
+            require_max_steps(self.args.max_steps)
         self.eval_data, self.eval_is_dict = _as_dataset_dict(eval_dataset, "eval")
         self.loss = self._resolve_losses(loss)
         if evaluator is not None and isinstance(evaluator, (list, tuple)):
@@ -105,9 +123,15 @@ class SentenceTransformerTrainer:
         self.buckets = tuple(self.args.length_buckets) if self.args.length_buckets else default_buckets(model.max_seq_length, smallest=16, per_octave=1)
         self._check_router_mapping()
         module, routes = model.input_module, self.args.router_mapping
+        # Streams (training/stream.py): columns checked now; rows are validated and tokenized per step.
+        self.train_streams = {n: StreamSource(d, n, self.loss[n], module, prompts=self.args.prompts,
+                                              is_dict_dataset=self.train_is_dict, router_mapping=routes)
+                              for n, d in self.train_data.items() if self.streaming}
+        if self.streaming:
+            warn_ignored_samplers(self.args.batch_sampler, self.args.multi_dataset_batch_sampler, len(self.train_data))
         self.train_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
                                                   is_dict_dataset=self.train_is_dict, router_mapping=routes)
-                               for n, d in self.train_data.items()}
+                               for n, d in self.train_data.items() if not self.streaming}
         self.eval_prepared = {n: prepare_dataset(d, n, self.loss[n], module, prompts=self.args.prompts,
                                                  is_dict_dataset=self.eval_is_dict, router_mapping=routes)
                               for n, d in self.eval_data.items()}
@@ -231,9 +255,11 @@ class SentenceTransformerTrainer:
         size = self.global_batch if local else jax.tree_util.tree_leaves(batch)[0].shape[1 if leading_accum else 0]
         return to_global(batch, self.mesh, size, leading_accum=leading_accum, local=local)
 
-    def _collate_step(self, name, micro_batches, batch_size):
-        """Collate the rows this process feeds (all of them on one process; see training/distributed.py)."""
-        ds = self.train_prepared[name] if name in self.train_prepared else self.eval_prepared[name]
+    def _collate_step(self, name, micro_batches, batch_size, ds=None):
+        """Collate the rows this process feeds (all of them on one process; see training/distributed.py).
+        ``ds``: the prepared rows (a stream step's); default: dataset ``name``'s."""
+        if ds is None:
+            ds = self.train_prepared[name] if name in self.train_prepared else self.eval_prepared[name]
         length = max(batch_bucket(ds, rows, self.buckets) for rows in micro_batches)  # global rows: all agree
         pad = self.model.input_module.pad
         slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else None
@@ -308,8 +334,11 @@ class SentenceTransformerTrainer:
             raise ValueError("train() needs a train_dataset")
         resume_path = self._resume_path(resume_from_checkpoint)
         accum = args.gradient_accumulation_steps
-        steps_per_epoch = max(1, len(self.epoch_plan(0)) // accum)
-        if args.max_steps > 0:
+        steps_per_epoch = max(1, len(self.epoch_plan(0)) // accum) if not self.streaming else None
+        if self.streaming:  # no length: as many passes over the stream as max_steps takes
+            require_max_steps(args.max_steps)
+            total, num_epochs = args.max_steps, None
+        elif args.max_steps > 0:
             total = args.max_steps
             num_epochs = math.ceil(total / steps_per_epoch)
         else:
@@ -327,6 +356,8 @@ class SentenceTransformerTrainer:
             abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             state, ts = ckpt.restore_checkpoint(resume_path, abstract)
             start_epoch, skip_batches = ts["epoch_index"], ts["batches_in_epoch"]
+            if self.streaming:
+                skip_batches = resume_position(ts, resume_path)
             self.state.global_step = ts["global_step"]
             self.state.log_history = ts.get("log_history", [])
             self.state.best_metric = ts.get("best_metric")
@@ -346,34 +377,27 @@ class SentenceTransformerTrainer:
         window, t0, samples, tokens = [], time.perf_counter(), 0, 0
         self._last_eval_step = None
         stop = self.state.global_step >= total
-        for epoch in range(start_epoch, num_epochs):
+        for epoch in itertools.count(start_epoch) if self.streaming else range(start_epoch, num_epochs):
             if stop:
                 break
-            plan = self.epoch_plan(epoch)
-            usable = len(plan) // accum * accum
             self._fire("on_epoch_begin")
-            pos = skip_batches if epoch == start_epoch else 0
-            while pos + accum <= usable:
-                group = plan[pos : pos + accum]
-                name = group[0][0]
-                if any(g[0] != name for g in group):  # accumulate only within one dataset
-                    pos += 1
-                    continue
-                batch = self._collate_step(name, [rows for _, rows in group], self.global_batch)
-                samples += sum(len(rows) for _, rows in group)
+            resume_at = skip_batches if epoch == start_epoch else None
+            for name, ds, rows, reported_rows, progress, position in (
+                    self._stream_steps(epoch, resume_at) if self.streaming else self._plan_steps(epoch, resume_at or 0)):
+                batch = self._collate_step(name, rows, self.global_batch, ds)
+                samples += sum(len(r) for r in rows)
                 tokens += int(sum(c["attention_mask"].sum() for c in batch["columns"]))
                 self._fire("on_step_begin")
                 state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1, local=True))
-                pos += accum
                 self.state.global_step += 1
-                self.state.epoch = epoch + pos / max(len(plan), 1)
+                self.state.epoch = progress
                 self._train_state = state
                 window.append(metrics)
                 if args.nonfinite_policy == "stop" and not bool(metrics["finite"]):
-                    self._dump_nonfinite(name, group)
+                    self._dump_nonfinite(ds, [r for rs in rows for r in rs])
                 bar.update(1)
-                self._batches_in_epoch, self._epoch_index = pos, epoch
-                self._fire("on_step_end", dataset_name=name, rows=[rows for _, rows in group])
+                self._epoch_index, self._batches_in_epoch, self._stream_position = position
+                self._fire("on_step_end", dataset_name=name, rows=reported_rows)
                 gs = self.state.global_step
                 if (log_every and gs % log_every == 0) or (args.logging_first_step and gs == 1) or self.control.should_log:
                     window, t0, samples, tokens = self._log_window(window, t0, samples, tokens, bar)
@@ -389,6 +413,7 @@ class SentenceTransformerTrainer:
                     break
             if not stop:
                 self._batches_in_epoch, self._epoch_index = 0, epoch + 1
+                self._stream_position = StreamPosition(epoch + 1) if self.streaming else None
             self._fire("on_epoch_end")
             if args.logging_strategy == "epoch" and window:
                 window, t0, samples, tokens = self._log_window(window, t0, samples, tokens, bar)
@@ -412,6 +437,36 @@ class SentenceTransformerTrainer:
         if args.save_final_model:
             self.save_model(os.path.join(args.output_dir, "final"))
         return {"global_step": self.state.global_step, "skipped_steps": self.skipped_steps}
+
+    def _plan_steps(self, epoch, skip):
+        """Map-style data: the steps of ``epoch`` from batch ``skip`` on, as ``(dataset name, prepared
+        dataset, micro-batch rows, rows for callbacks, epoch progress, (epoch, batches done, None))``."""
+        plan, accum = self.epoch_plan(epoch), self.args.gradient_accumulation_steps
+        usable = len(plan) // accum * accum
+        pos = skip
+        while pos + accum <= usable:
+            group = plan[pos : pos + accum]
+            name = group[0][0]
+            if any(g[0] != name for g in group):  # accumulate only within one dataset
+                pos += 1
+                continue
+            pos += accum
+            rows = [rows for _, rows in group]
+            yield name, self.train_prepared[name], rows, rows, epoch + pos / max(len(plan), 1), (epoch, pos, None)
+
+    def _stream_steps(self, epoch, position=None):
+        """Streams: the steps of ``epoch`` from ``position`` on (a resumed run's), each step's examples
+        validated and tokenized as they arrive; same tuples as :meth:`_plan_steps`, the callbacks' rows
+        being stream indices within the epoch. ``state.epoch`` advances by 1/max_steps per step (the HF
+        Trainer's convention for data without a length)."""
+        accum = self.args.gradient_accumulation_steps
+        position = position if isinstance(position, StreamPosition) else StreamPosition(epoch)  # not resumed: 0/None
+        streams = {n: s.dataset for n, s in self.train_streams.items()}
+        for group in epoch_groups(streams, self.global_batch, accum, self.args.dataloader_drop_last, position):
+            examples, rows, indices = group_rows(group)
+            ds = self.train_streams[group.name].prepare(examples, group.first_row)
+            pos = group.position
+            yield group.name, ds, rows, indices, epoch + pos.steps / self.args.max_steps, (epoch, pos.steps * accum, pos)
 
     def _resume_path(self, resume):
         if resume is None or resume is False:
@@ -451,10 +506,9 @@ class SentenceTransformerTrainer:
         self.state.log_history.append({**logs, "step": self.state.global_step})
         self._fire("on_log", logs=logs)
 
-    def _dump_nonfinite(self, name, group):
+    def _dump_nonfinite(self, ds, rows):
         """nonfinite_policy="stop": write the batch report and raise NonFiniteLossError (nonfinite.py)."""
-        stop_on_nonfinite(self.args.output_dir, self.state.global_step, self.train_prepared[name],
-                          [r for _, rs in group for r in rs], write=self.is_world_process_zero())
+        stop_on_nonfinite(self.args.output_dir, self.state.global_step, ds, rows, write=self.is_world_process_zero())
 
     def _stop_preempted(self, state, window, t0, samples, tokens):
         """A signal arrived (preemption.py): flush the log window, checkpoint this step (unless it just was),
@@ -565,7 +619,9 @@ class SentenceTransformerTrainer:
                 "epoch_index": getattr(self, "_epoch_index", 0), "batches_in_epoch": getattr(self, "_batches_in_epoch", 0),
                 "log_history": self.state.log_history, "best_metric": self.state.best_metric,
                 "best_model_checkpoint": self.state.best_model_checkpoint, "data_seed": self._data_seed(),
-                "global_batch": self.global_batch}
+                "global_batch": self.global_batch,
+                **({"stream": (getattr(self, "_stream_position", None) or StreamPosition()).to_dict()}
+                   if self.streaming else {})}
 
     def _save(self, state):
         self.model.params = state["trainable"]["model"]
