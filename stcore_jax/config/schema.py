@@ -70,7 +70,9 @@ class EvaluatorConfig:
 class MeshConfig:
     """Device layout. ``topology`` (e.g. ``"v5p-64"``) pins the device count the mesh must use.
 
-    ``data`` None means "all devices not used by ``fsdp``".
+    ``data`` None means "all devices not used by ``fsdp``". Both axes split the batch (global batch =
+    per-device batch x data x fsdp); ``fsdp`` > 1 also shards parameters and optimizer state over that
+    many devices (training/sharding.py).
     """
 
     topology: str | None = None

@@ -72,5 +72,6 @@ def mesh_shape(mesh, device_count: int, key: str = "mesh") -> dict:
 
 
 def global_batch(per_device: int, shape: dict) -> int:
-    """Rows per step: the per-device batch times the data-parallel devices."""
-    return per_device * math.prod(v for k, v in shape.items() if k == "data")
+    """Rows per step: the per-device batch times the data-parallel devices (``data`` x ``fsdp``: both
+    axes split the batch, training/sharding.py)."""
+    return per_device * math.prod(v for k, v in shape.items() if k in ("data", "fsdp"))

@@ -1,7 +1,7 @@
 """``SentenceTransformerTrainingArguments``: sentence-transformers / Hugging Face names and defaults.
 
 Everything is validated in ``__post_init__`` so a bad argument fails before any data is read or
-anything is compiled. JAX additions: ``mesh_shape`` (data, fsdp), ``length_buckets`` and
+anything is compiled. JAX additions: ``mesh_shape`` (data, fsdp), ``fsdp_min_size``, ``length_buckets`` and
 ``compute_dtype``; ``bf16`` selects bfloat16 compute with float32 master weights.
 """
 
@@ -104,6 +104,7 @@ class SentenceTransformerTrainingArguments:
     # JAX additions
     train_batch_size: int | None = None  # global batch; overrides per_device_train_batch_size when set
     mesh_shape: dict | None = None  # e.g. {"data": 8} or {"data": 4, "fsdp": 2}; default: all devices on data
+    fsdp_min_size: int = 2**14  # with an fsdp axis: arrays of fewer elements stay replicated (training/sharding.py)
     length_buckets: tuple | None = None
     nonfinite_policy: str = "skip"  # "skip" the update and count it, or "stop"
     save_final_model: bool = True  # export output_dir/final in sentence-transformers format at the end
@@ -160,6 +161,8 @@ class SentenceTransformerTrainingArguments:
             )
         if self.nonfinite_policy not in ("skip", "stop"):
             raise ValueError(f"nonfinite_policy must be 'skip' or 'stop', got {self.nonfinite_policy!r}")
+        if not isinstance(self.fsdp_min_size, int) or self.fsdp_min_size < 0:
+            raise ValueError(f"fsdp_min_size must be an integer >= 0 (elements), got {self.fsdp_min_size!r}")
         self.batch_sampler = _enum_or_callable(self.batch_sampler, BatchSamplers, "batch_sampler")
         self.multi_dataset_batch_sampler = _enum_or_callable(
             self.multi_dataset_batch_sampler, MultiDatasetBatchSamplers, "multi_dataset_batch_sampler")

@@ -14,7 +14,8 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from stcore_jax.training.sharding import batch_sharding, data_parallel_size
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,14 @@ def maybe_initialize_distributed() -> bool:
 
 @functools.lru_cache(maxsize=64)  # called per step and per batch leaf; the answer depends on the mesh only
 def local_batch_slots(mesh, global_batch: int) -> np.ndarray:
-    """``[n_local]`` positions of a global batch (sharded over the ``data`` axis) held by this process's
-    devices, in the order :func:`jax.make_array_from_process_local_data` maps its local rows onto
-    them (ascending). Single process: ``arange(global_batch)``."""
-    if global_batch % mesh.shape["data"]:
-        raise ValueError(f"global batch {global_batch} is not divisible by the data axis ({mesh.shape['data']})")
-    index = NamedSharding(mesh, P("data")).addressable_devices_indices_map((global_batch,))
+    """``[n_local]`` positions of a global batch (sharded over the batch axes ``data`` and ``fsdp``, see
+    training/sharding.py) held by this process's devices, in the order
+    :func:`jax.make_array_from_process_local_data` maps its local rows onto them (ascending). Single
+    process: ``arange(global_batch)``."""
+    if global_batch % data_parallel_size(mesh):
+        raise ValueError(f"global batch {global_batch} is not divisible by the data-parallel size "
+                         f"({data_parallel_size(mesh)}: the mesh's data x fsdp)")
+    index = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
     blocks = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index.values()})
     slots = np.concatenate([np.arange(a, b) for a, b in blocks])
     slots.flags.writeable = False  # shared by every caller through the cache
@@ -74,10 +77,11 @@ def local_rows(rows, slots) -> list:
 
 
 def to_global(batch, mesh, global_batch: int, *, leading_accum: bool = False, local: bool = False):
-    """Host numpy batch -> global ``jax.Array`` pytree sharded ``P("data")`` (``P(None, "data")`` with a
-    leading micro-batch axis). ``local=True``: ``batch`` holds only this process's slots
-    (:func:`local_batch_slots`); otherwise it is the whole global batch and the slots are cut from it."""
-    sharding = NamedSharding(mesh, P(None, "data") if leading_accum else P("data"))
+    """Host numpy batch -> global ``jax.Array`` pytree sharded over the batch axes, ``P(("data", "fsdp"))``
+    (``P(None, ("data", "fsdp"))`` with a leading micro-batch axis; ``P("data")`` without fsdp).
+    ``local=True``: ``batch`` holds only this process's slots (:func:`local_batch_slots`); otherwise it
+    is the whole global batch and the slots are cut from it."""
+    sharding = batch_sharding(mesh, leading_accum=leading_accum)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)
     axis = 1 if leading_accum else 0

@@ -1,4 +1,7 @@
-"""The device mesh: ``data`` (batch) and optional ``fsdp`` axes; default all devices on ``data``."""
+"""The device mesh: ``data`` and optional ``fsdp`` axes; default all devices on ``data``.
+
+Both axes split the batch; ``fsdp`` also shards the parameters and optimizer state (training/sharding.py).
+"""
 
 from __future__ import annotations
 

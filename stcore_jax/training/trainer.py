@@ -40,6 +40,7 @@ from stcore_jax.training.nonfinite import NonFiniteLossError, stop_on_nonfinite,
 from stcore_jax.training.optim import freeze_params, make_optimizer
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
+from stcore_jax.training.sharding import data_parallel_size, gather_to_host, param_shardings
 from stcore_jax.training.step import make_eval_step, make_train_step
 from stcore_jax.training.stream import (
     StreamPosition,
@@ -112,7 +113,7 @@ class SentenceTransformerTrainer:
         if self.args.gradient_checkpointing:
             model.input_module.set_gradient_checkpointing(True)
         self.mesh = make_mesh(self.args.mesh_shape)
-        self.data_parallel = self.mesh.shape["data"]
+        self.data_parallel = data_parallel_size(self.mesh)  # data x fsdp: both axes split the batch
         if self.args.train_batch_size is not None:
             if self.args.train_batch_size % self.data_parallel:
                 raise ValueError(f"train_batch_size={self.args.train_batch_size} is not divisible by the data-parallel "
@@ -250,8 +251,8 @@ class SentenceTransformerTrainer:
 
     # -- device placement ----------------------------------------------------------------------
     def _to_device(self, batch, leading_accum=False, local=False):
-        """Host batch -> global arrays sharded on ``data``. ``local=True``: ``batch`` holds only this process's
-        rows of a ``self.global_batch`` batch (:meth:`_collate_step`); otherwise the whole batch."""
+        """Host batch -> global arrays sharded on ``data`` x ``fsdp``. ``local=True``: ``batch`` holds only this
+        process's rows of a ``self.global_batch`` batch (:meth:`_collate_step`); otherwise the whole batch."""
         size = self.global_batch if local else jax.tree_util.tree_leaves(batch)[0].shape[1 if leading_accum else 0]
         return to_global(batch, self.mesh, size, leading_accum=leading_accum, local=local)
 
@@ -271,13 +272,15 @@ class SentenceTransformerTrainer:
 
     # -- state ---------------------------------------------------------------------------------
     def _init_state(self, total_steps):
+        """The train state, born sharded: parameters and optimizer state over ``fsdp`` where large enough
+        (training/sharding.py), step counters replicated. Sets ``self.state_shardings``."""
         loss_params = {}
         for n, lo in self.loss.items():
             if hasattr(lo, "init_params"):
                 p = lo.init_params(jax.random.key(self.args.seed))
                 if p:
                     loss_params = p  # one shared loss-owned param tree (e.g. SoftmaxLoss classifier)
-        trainable = {"model": jax.tree_util.tree_map(jnp.asarray, self.model.params), "loss": loss_params}
+        trainable = {"model": self.model.params, "loss": loss_params}
         if self.optimizers and self.optimizers[0] is not None:
             tx, schedule = self.optimizers[0], self.optimizers[1]
         else:
@@ -288,10 +291,19 @@ class SentenceTransformerTrainer:
             n_train, n_all = self.model.get_nb_trainable_parameters()
             logger.info("Trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))
         self.schedule = schedule
-        state = {"trainable": trainable, "opt_state": tx.init(trainable), "step": jnp.zeros((), jnp.int32),
-                 "skipped": jnp.zeros((), jnp.int32)}
-        replicated = NamedSharding(self.mesh, P())
-        return tx, jax.device_put(state, replicated)
+        counter = jax.ShapeDtypeStruct((), jnp.int32)
+        abstract = {"trainable": trainable, "opt_state": jax.eval_shape(tx.init, trainable), "step": counter,
+                    "skipped": counter}
+        self.state_shardings = shardings = param_shardings(abstract, self.mesh, self.args.fsdp_min_size)
+        trainable = jax.device_put(trainable, shardings["trainable"])
+        opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(trainable)  # never whole on one device
+        zeros = [jax.device_put(jnp.zeros((), jnp.int32), shardings[k]) for k in ("step", "skipped")]
+        return tx, {"trainable": trainable, "opt_state": opt_state, "step": zeros[0], "skipped": zeros[1]}
+
+    def _model_params(self, state):
+        """The model's parameters from ``state`` for export and the evaluator (collective: arrays sharded
+        across processes are gathered to the host; on one process they stay as they are)."""
+        return gather_to_host(state["trainable"]["model"])
 
     def _compute_model(self):
         """What the compiled steps run: for ``bf16=True`` a view of the model computing in bfloat16 with
@@ -299,14 +311,16 @@ class SentenceTransformerTrainer:
         return self.model.with_compute_dtype(jnp.bfloat16) if self.args.bf16 else self.model
 
     def _build_steps(self, tx):
+        """One jitted step per loss: the state keeps ``self.state_shardings`` in and out (donated), so XLA
+        gathers fsdp-sharded weights where they are used and reduce-scatters their gradients."""
         replicated = NamedSharding(self.mesh, P())
         steps, seen = {}, {}
         for n, lo in self.loss.items():
             if id(lo) not in seen:
                 fn = make_train_step(self._compute_model().forward, lo, tx, seed=self.args.seed, num_shards=self.data_parallel,
                                      accum_steps=self.args.gradient_accumulation_steps, counter=self.compile_count)
-                seen[id(lo)] = jax.jit(fn, in_shardings=(replicated, None), out_shardings=(replicated, replicated),
-                                       donate_argnums=0)
+                seen[id(lo)] = jax.jit(fn, in_shardings=(self.state_shardings, None),
+                                       out_shardings=(self.state_shardings, replicated), donate_argnums=0)
             steps[n] = seen[id(lo)]
         return steps
 
@@ -431,7 +445,7 @@ class SentenceTransformerTrainer:
             logger.info("Loaded best model from %s (%s=%s)", self.state.best_model_checkpoint,
                         args.metric_for_best_model, self.state.best_metric)
         self._train_state = state
-        self.model.params = state["trainable"]["model"]
+        self.model.params = self._model_params(state)
         self.skipped_steps = int(state["skipped"])
         self._fire("on_train_end")
         if args.save_final_model:
@@ -529,7 +543,7 @@ class SentenceTransformerTrainer:
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_now(self, state):
         self._train_state = state
-        self.model.params = state["trainable"]["model"]
+        self.model.params = self._model_params(state)
         metrics = self.evaluate()
         self._last_eval_step = self.state.global_step
         key = self.args.metric_for_best_model
@@ -624,7 +638,7 @@ class SentenceTransformerTrainer:
                    if self.streaming else {})}
 
     def _save(self, state):
-        self.model.params = state["trainable"]["model"]
+        self.model.params = self._model_params(state)  # the export inside the checkpoint
         step = self.state.global_step
         path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{step}")
         if getattr(self, "_pending_best", False) and self._last_eval_step == step:

@@ -32,7 +32,7 @@ def test_tpu_config_parses_and_mesh_matches_topology(path):
     assert math.prod(shape.values()) == topo.devices
     # ...and every host holds an equal share of the global batch.
     gb = global_batch(cfg.arguments.per_device_train_batch_size, shape)
-    assert gb % topo.hosts == 0 and gb == cfg.arguments.per_device_train_batch_size * shape["data"]
+    assert gb % topo.hosts == 0 and gb == cfg.arguments.per_device_train_batch_size * math.prod(shape.values())
     assert cfg.arguments.bf16 and cfg.model.dtype == "bfloat16"
     assert list(cfg.arguments.length_buckets) == sorted(cfg.arguments.length_buckets)
     assert max(cfg.arguments.length_buckets) <= cfg.model.max_seq_length
@@ -62,6 +62,8 @@ def test_good_config_and_overrides(tmp_path):
     assert cfg.loss.kwargs == {"scale": 10}
     assert check_devices(cfg, 8) == {"data": 4}
     assert check_devices(load_config(_write(tmp_path, GOOD)), 8) == {"data": 8}
+    fsdp = check_devices(load_config(_write(tmp_path, GOOD), ["mesh.fsdp=2"]), 8)
+    assert fsdp == {"data": 4, "fsdp": 2} and global_batch(16, fsdp) == 16 * 8  # fsdp splits the batch too
 
 
 @pytest.mark.parametrize("yaml_text, overrides, match", [

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from run_workers import load_dump
+from stcore_jax import SentenceTransformer
 from stcore_jax.training import checkpoint as ckpt
 
 
@@ -63,6 +64,32 @@ def test_two_processes_equal_one(launch, tmp_path, straight_run):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
     mp_trainer_state = json.load(open(os.path.join(out, "checkpoint-8", "trainer_state.json")))
     assert (mp_trainer_state["epoch_index"], mp_trainer_state["batches_in_epoch"]) == (1, 2)
+
+
+def test_fsdp_across_two_processes(launch, tmp_path, straight_run):
+    """mesh {"data": 1, "fsdp": 8} over 2 processes x 4 devices: parameters are split across the processes (so the
+    model's parameters and process 0's export must be gathered from both), and the result equals the
+    1-process data-parallel run (same 8 batch blocks, so the same per-device in-batch negatives)."""
+    straight_params, straight_dir = straight_run
+    out, dump = str(tmp_path / "out"), str(tmp_path / "mp")
+    coord = f"127.0.0.1:{_free_port()}"
+    workers = [launch(f"fsdp{i}", out, local_devices=4, num_processes=2, process_id=i, coordinator=coord, dump=dump,
+                      save_final_model=True, mesh_shape={"data": 1, "fsdp": 8}, fsdp_min_size=1024) for i in range(2)]
+    for w in workers:
+        assert w.finish() == 0, w.stderr()[-3000:]
+    sharded = json.load(open(f"{dump}.0.sharded.json"))
+    assert any("word_embeddings" in k for k in sharded) and any("kernel" in k for k in sharded), sharded
+    p0, p1 = load_dump(dump, 0), load_dump(dump, 1)
+    for k in p0:
+        np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+    _assert_close(p0, straight_params, "fsdp over 2 processes vs data-parallel 1 process")
+    exported = SentenceTransformer(os.path.join(out, "final"))
+    for path, a in jax.tree_util.tree_flatten_with_path(exported.params)[0]:
+        np.testing.assert_array_equal(np.asarray(a), p0[jax.tree_util.keystr(path)], err_msg=jax.tree_util.keystr(path))
+    mp_state = _restore_on_one_process(os.path.join(out, "checkpoint-8"))  # fsdp shards from 2 processes, replicated
+    one_state = _restore_on_one_process(os.path.join(straight_dir, "checkpoint-8"))
+    for a, b in zip(jax.tree_util.tree_leaves(mp_state), jax.tree_util.tree_leaves(one_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-5)
 
 
 def _restore_on_one_process(path):

@@ -67,13 +67,17 @@ def main():
     args = SentenceTransformerTrainingArguments(
         output_dir=CFG["out_dir"], max_steps=CFG.get("max_steps", 10), per_device_train_batch_size=2,
         warmup_ratio=0.1, save_steps=CFG.get("save_steps", 4), logging_steps=5,
-        disable_tqdm=True, save_final_model=CFG.get("save_final_model", False), seed=7, length_buckets=(32,))
+        disable_tqdm=True, save_final_model=CFG.get("save_final_model", False), seed=7, length_buckets=(32,),
+        mesh_shape=CFG.get("mesh_shape"), fsdp_min_size=CFG.get("fsdp_min_size", 2**14))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                          loss=MultipleNegativesRankingLoss(model), callbacks=[Announce()])
     trainer.train(resume_from_checkpoint=True if CFG.get("resume") else None)
     if CFG.get("dump"):
         np.savez(f"{CFG['dump']}.{jax.process_index()}.npz", **flat_params(model.params))
         json.dump(WRITES, open(f"{CFG['dump']}.{jax.process_index()}.writes.json", "w"))
+        state = jax.tree_util.tree_flatten_with_path(trainer._train_state["trainable"]["model"])[0]
+        sharded = [jax.tree_util.keystr(k) for k, v in state if not v.sharding.is_fully_replicated]
+        json.dump(sharded, open(f"{CFG['dump']}.{jax.process_index()}.sharded.json", "w"))
     print("DONE", flush=True)
 
 
