@@ -19,12 +19,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VARIANTS = ("bf16-rows", "bf16-none", "bf16-none-fused", "bf16-one", "bf16-rows-rbg", "bf16-rows-fused", "f32-rows")
+VARIANTS = ("bf16-rows", "bf16-none", "bf16-none-fused", "bf16-none-cudnn", "bf16-one", "bf16-rows-threefry", "bf16-rows-barrier",
+            "bf16-rows-attnonly", "bf16-rows-hiddenonly", "f32-rows")
+
+
+def threefry_dropout(x, rate, key):
+    """The previous dropout: ``jax.random.bernoulli`` per row key (vmapped threefry)."""
+    from stcore_jax.models.layers import _key_batched
+
+    if key is None or rate == 0.0:
+        return x
+    if _key_batched(key):
+        keep = jax.vmap(lambda k, row: jax.random.bernoulli(k, 1.0 - rate, row.shape))(key, x)
+    else:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
 def fused_attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0.0, key=None):
     t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731  [B, H, T, Dh] <-> [B, T, H, Dh]
     out = jax.nn.dot_product_attention(t(q_bhtd), t(k_bhtd), t(v_bhtd), mask=mask_bt[:, None, None, :].astype(bool))
+    return t(out)
+
+
+def cudnn_attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0.0, key=None):
+    """cuDNN flash attention; padding given as per-row key lengths (right-padded rows)."""
+    t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+    lengths = mask_bt.astype(jnp.int32).sum(-1)
+    out = jax.nn.dot_product_attention(t(q_bhtd), t(k_bhtd), t(v_bhtd), key_value_seq_lengths=lengths,
+                                       implementation="cudnn")
     return t(out)
 
 
@@ -41,7 +64,9 @@ def main():
     from stcore_jax import SentenceTransformer
     from stcore_jax.losses.embed import row_keys
 
-    own_attention = bert.attention
+    import stcore_jax.models.layers as layers
+
+    own_attention, own_dropout = bert.attention, layers.dropout
     base = SentenceTransformer(a.model_dir)
     rng = np.random.default_rng(0)
     feats = {"input_ids": jnp.asarray(rng.integers(1000, 30000, (a.batch, a.seq)), jnp.int32),
@@ -51,10 +76,15 @@ def main():
     print(f"device={jax.devices()[0].device_kind} batch={a.batch} seq={a.seq}", flush=True)
     for name in a.variants:
         dtype = jnp.bfloat16 if name.startswith("bf16") else jnp.float32
-        bert.attention = fused_attention if "fused" in name else own_attention
+        bert.attention = (fused_attention if "fused" in name else cudnn_attention if "cudnn" in name
+                          else own_attention)
         model = base.with_compute_dtype(dtype)
-        impl = "rbg" if "rbg" in name else "threefry2x32"
-        key = jax.random.key(0, impl=impl)
+        layers.dropout = threefry_dropout if "threefry" in name else own_dropout
+        layers.MATERIALIZE_DROPOUT_BITS = "barrier" in name
+        bert.dropout = (lambda x, r, k: x) if "attnonly" in name else layers.dropout  # hidden-state sites
+        if "hiddenonly" in name:
+            layers.dropout = lambda x, r, k: x  # attention-prob site (layers.attention looks it up here)
+        key = jax.random.key(0)
         keys = {"none": None, "one": key}.get(name.split("-")[1], None)
         if "rows" in name:
             keys = row_keys(key, 0, np.arange(a.batch))
@@ -78,7 +108,7 @@ def main():
             times.append(time.perf_counter() - t)
         ms = statistics.median(times) * 1e3
         print(f"{name:18} compile {compile_s:6.1f} s   step {ms:8.1f} ms   {a.batch / ms * 1e3:8.0f} seq/s", flush=True)
-    bert.attention = own_attention
+    bert.attention, layers.dropout, bert.dropout = own_attention, own_dropout, own_dropout
 
 
 if __name__ == "__main__":

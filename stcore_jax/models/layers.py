@@ -50,20 +50,64 @@ def _key_batched(key) -> bool:
     return key.ndim == (1 if typed else 2)
 
 
+MATERIALIZE_DROPOUT_BITS = False
+
+
+def _mix32(x):
+    """A 32-bit integer finaliser ("lowbias32", full avalanche): uint32 -> uint32, elementwise."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _key_seed(key):
+    """One uint32 seed per key (``[]`` or ``[B]``), mixed from every word of the key's data."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    data = data.astype(jnp.uint32)
+    seed = jnp.zeros(data.shape[:-1], jnp.uint32)
+    for i in range(data.shape[-1]):
+        seed = _mix32(seed ^ data[..., i] ^ jnp.uint32(0x9E3779B9 * (i + 1) & 0xFFFFFFFF))
+    return seed
+
+
+def _element_counter(shape):
+    """``[*shape]`` uint32 row-major element index."""
+    count = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        count = count + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride & 0xFFFFFFFF)
+        stride *= shape[axis]
+    return count
+
+
 def dropout(x, rate: float, key):
     """Inverted dropout with an explicit key; identity when ``key`` is None or ``rate`` is 0.
 
     ``key`` may be one key or one key per row of ``x`` (shape [B]). Per-row keys make each
     example's mask independent of how the batch is chunked or sharded, so GradCache's chunked
     replay and a sharded step draw exactly the masks of the plain full-batch step.
+
+    The mask is a counter-based hash of (key, element index) rather than ``jax.random.bernoulli``:
+    each element costs a handful of integer ops that XLA fuses into the consumer, whereas threefry
+    per row was ~20% of a bert-base training step on GPU (bench/RESULTS.md). Keep probability is
+    ``1 - rate`` to within 2**-32; the masks are not those of any PyTorch generator (neither were
+    threefry's).
     """
     if key is None or rate == 0.0:
         return x
     if _key_batched(key):
-        keep = jax.vmap(lambda k, row: jax.random.bernoulli(k, 1.0 - rate, row.shape))(key, x)
+        seed = _key_seed(key).reshape((-1,) + (1,) * (x.ndim - 1))
+        counter = _element_counter((1,) + x.shape[1:])
     else:
-        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+        seed = _key_seed(key)
+        counter = _element_counter(x.shape)
+    bits = _mix32(_mix32(counter ^ seed) + seed)
+    if MATERIALIZE_DROPOUT_BITS:
+        bits = jax.lax.optimization_barrier(bits)
+    keep = bits >= jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
+    return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
 def fold(key, *ids: int):
@@ -104,7 +148,7 @@ def attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0
     uniform distribution instead of NaN.
     """
     scale = 1.0 / math.sqrt(q_bhtd.shape[-1])
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhtd, k_bhtd).astype(jnp.float32) * scale
+    scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhtd, k_bhtd, preferred_element_type=jnp.float32) * scale
     if bias_bhtt is not None:
         scores = scores + bias_bhtt.astype(jnp.float32)
     scores = jnp.where(mask_bt[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
@@ -131,5 +175,78 @@ def layer_norm(dim: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bool = 
     return nnx.LayerNorm(dim, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+# Tables up to this many rows get their gradient from a one-hot matmul (positions, token types);
+# larger ones (vocabularies) from a sort and a segmented scan.
+ONE_HOT_GRAD_MAX_ROWS = 4096
+
+
+def _segment_sums_sorted(ids_n, g_nd):
+    """Per-run sums of ``g_nd`` over runs of equal sorted ``ids_n``; the total sits on each run's
+    last row. A segmented inclusive scan: exact float32 sums, no atomics, deterministic."""
+    start = jnp.concatenate([jnp.ones((1,), bool), ids_n[1:] != ids_n[:-1]])
+
+    def op(a, b):
+        (fa, va), (fb, vb) = a, b
+        return fa | fb, jnp.where(fb[:, None], vb, va + vb)
+
+    _, sums = jax.lax.associative_scan(op, (start, g_nd))
+    last = jnp.concatenate([start[1:], jnp.ones((1,), bool)])
+    return sums, last
+
+
+def embedding_grad(ids, g, num_rows: int):
+    """``d table`` of ``take(table, ids, axis=0)``: ``g`` ``[..., D]`` summed into ``[num_rows, D]`` (float32).
+
+    XLA's scatter-add serialises on repeated ids through atomics on GPU, and text repeats ids a lot
+    (every row's [CLS] and [SEP], every row's position 0, one token type for all): the token-type
+    gradient alone funnelled B*T atomic adds into one row. On accelerators small tables use a one-hot
+    matmul (exact products, float32 accumulation) and vocabularies a sort plus segmented scan; on CPU
+    the plain scatter-add (a serial loop there) is fastest.
+    """
+    ids = ids.reshape(-1)
+    g = g.reshape(ids.shape[0], -1)
+    dim = g.shape[1]
+    if jax.default_backend() == "cpu":
+        return jnp.zeros((num_rows, dim), jnp.float32).at[ids].add(g.astype(jnp.float32))
+    if num_rows <= ONE_HOT_GRAD_MAX_ROWS:
+        onehot = jax.nn.one_hot(ids, num_rows, dtype=g.dtype)
+        return jnp.einsum("nv,nd->vd", onehot, g, preferred_element_type=jnp.float32,
+                          precision=jax.lax.Precision.HIGHEST)
+    order = jnp.argsort(ids)
+    ids_sorted = ids[order]
+    sums, last = _segment_sums_sorted(ids_sorted, g[order].astype(jnp.float32))
+    target = jnp.where(last, ids_sorted, num_rows)  # only each run's total lands; the rest is dropped
+    return jnp.zeros((num_rows, dim), jnp.float32).at[target].add(sums, mode="drop")
+
+
+@jax.custom_vjp
+def take_rows(table_vd, ids):
+    """``table_vd[ids]`` (``[..., D]``) with the contention-free gradient of :func:`embedding_grad`."""
+    return jnp.take(table_vd, ids, axis=0)
+
+
+def _take_rows_fwd(table_vd, ids):
+    return jnp.take(table_vd, ids, axis=0), (ids, jax.ShapeDtypeStruct(table_vd.shape, table_vd.dtype))
+
+
+def _take_rows_bwd(res, g):
+    ids, table = res
+    return embedding_grad(ids, g, table.shape[0]).astype(table.dtype), None
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+class Embed(nnx.Embed):
+    """``nnx.Embed`` that looks up the float32 table and casts the rows to ``dtype`` (as torch
+    autocast leaves embeddings in float32), with :func:`take_rows`' gradient."""
+
+    def __call__(self, inputs, out_sharding=None):
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("Embedding inputs must be integer ids.")
+        rows = take_rows(self.embedding[...], inputs)
+        return rows if self.dtype is None else rows.astype(self.dtype)
+
+
 def embed(num: int, dim: int, *, dtype, rngs: nnx.Rngs, std: float = 0.02):
-    return nnx.Embed(num, dim, dtype=dtype, param_dtype=jnp.float32, embedding_init=nnx.initializers.normal(std), rngs=rngs)
+    return Embed(num, dim, dtype=dtype, param_dtype=jnp.float32, embedding_init=nnx.initializers.normal(std), rngs=rngs)
