@@ -194,24 +194,30 @@ def _segment_sums_sorted(ids_n, g_nd):
     return sums, last
 
 
-def embedding_grad(ids, g, num_rows: int):
+def embedding_grad(ids, g, num_rows: int, method: str | None = None):
     """``d table`` of ``take(table, ids, axis=0)``: ``g`` ``[..., D]`` summed into ``[num_rows, D]`` (float32).
 
     XLA's scatter-add serialises on repeated ids through atomics on GPU, and text repeats ids a lot
     (every row's [CLS] and [SEP], every row's position 0, one token type for all): the token-type
     gradient alone funnelled B*T atomic adds into one row. On accelerators small tables use a one-hot
     matmul (exact products, float32 accumulation) and vocabularies a sort plus segmented scan; on CPU
-    the plain scatter-add (a serial loop there) is fastest.
+    the plain scatter-add (a serial loop there) is fastest. ``method`` ("scatter", "onehot", "sorted")
+    overrides the choice.
     """
     ids = ids.reshape(-1)
     g = g.reshape(ids.shape[0], -1)
     dim = g.shape[1]
-    if jax.default_backend() == "cpu":
+    if method is None:
+        method = ("scatter" if jax.default_backend() == "cpu" else
+                  "onehot" if num_rows <= ONE_HOT_GRAD_MAX_ROWS else "sorted")
+    if method == "scatter":
         return jnp.zeros((num_rows, dim), jnp.float32).at[ids].add(g.astype(jnp.float32))
-    if num_rows <= ONE_HOT_GRAD_MAX_ROWS:
+    if method == "onehot":
         onehot = jax.nn.one_hot(ids, num_rows, dtype=g.dtype)
         return jnp.einsum("nv,nd->vd", onehot, g, preferred_element_type=jnp.float32,
                           precision=jax.lax.Precision.HIGHEST)
+    if method != "sorted":
+        raise ValueError(f"embedding_grad method must be 'scatter', 'onehot' or 'sorted', got {method!r}")
     order = jnp.argsort(ids)
     ids_sorted = ids[order]
     sums, last = _segment_sums_sorted(ids_sorted, g[order].astype(jnp.float32))
