@@ -141,3 +141,25 @@ SAMPLERS = {
     BatchSamplers.NO_DUPLICATES_HASHED: NoDuplicatesBatchSampler,
     BatchSamplers.GROUP_BY_LABEL: GroupByLabelBatchSampler,
 }
+
+
+def accumulation_groups(plan: list[tuple[str, list[int]]], accum: int) -> list[tuple[int, str, list[list[int]]]]:
+    """Group an epoch's batch plan into optimizer steps of ``accum`` micro-batches of one dataset.
+
+    A step's micro-batches must share a dataset (one compiled loss per step), so each dataset fills its
+    own group in plan order and a step is emitted when its group is full: with ROUND_ROBIN
+    (A, B, A, B, ...) and ``accum=2`` the steps are (A, A), (B, B), ... A dataset's last group, if
+    short, is dropped (as the reference's trailing partial accumulation is not stepped).
+
+    Returns ``[(done, name, micro_batches)]`` in step order, ``done`` being the plan index after the
+    group's last micro-batch: steps complete in increasing ``done``, so "resume after ``done = k``" is
+    exactly "emit the groups with ``done > k``" (the checkpoint stores ``k``).
+    """
+    pending: dict[str, list[list[int]]] = {}
+    steps = []
+    for i, (name, rows) in enumerate(plan):
+        group = pending.setdefault(name, [])
+        group.append(rows)
+        if len(group) == accum:
+            steps.append((i + 1, name, pending.pop(name)))
+    return steps

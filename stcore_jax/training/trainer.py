@@ -39,7 +39,7 @@ from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.nonfinite import NonFiniteLossError, stop_on_nonfinite, warn_skipped
 from stcore_jax.training.optim import freeze_params, make_optimizer
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
-from stcore_jax.training.samplers import SAMPLERS, epoch_batches, multi_dataset_order
+from stcore_jax.training.samplers import SAMPLERS, accumulation_groups, epoch_batches, multi_dataset_order
 from stcore_jax.training.sharding import data_parallel_size, gather_to_host, param_shardings
 from stcore_jax.training.step import make_eval_step, make_train_step
 from stcore_jax.training.stream import (
@@ -348,7 +348,7 @@ class SentenceTransformerTrainer:
             raise ValueError("train() needs a train_dataset")
         resume_path = self._resume_path(resume_from_checkpoint)
         accum = args.gradient_accumulation_steps
-        steps_per_epoch = max(1, len(self.epoch_plan(0)) // accum) if not self.streaming else None
+        steps_per_epoch = max(1, len(accumulation_groups(self.epoch_plan(0), accum))) if not self.streaming else None
         if self.streaming:  # no length: as many passes over the stream as max_steps takes
             require_max_steps(args.max_steps)
             total, num_epochs = args.max_steps, None
@@ -455,18 +455,10 @@ class SentenceTransformerTrainer:
     def _plan_steps(self, epoch, skip):
         """Map-style data: the steps of ``epoch`` from batch ``skip`` on, as ``(dataset name, prepared
         dataset, micro-batch rows, rows for callbacks, epoch progress, (epoch, batches done, None))``."""
-        plan, accum = self.epoch_plan(epoch), self.args.gradient_accumulation_steps
-        usable = len(plan) // accum * accum
-        pos = skip
-        while pos + accum <= usable:
-            group = plan[pos : pos + accum]
-            name = group[0][0]
-            if any(g[0] != name for g in group):  # accumulate only within one dataset
-                pos += 1
-                continue
-            pos += accum
-            rows = [rows for _, rows in group]
-            yield name, self.train_prepared[name], rows, rows, epoch + pos / max(len(plan), 1), (epoch, pos, None)
+        plan = self.epoch_plan(epoch)
+        for pos, name, rows in accumulation_groups(plan, self.args.gradient_accumulation_steps):
+            if pos > skip:
+                yield name, self.train_prepared[name], rows, rows, epoch + pos / max(len(plan), 1), (epoch, pos, None)
 
     def _stream_steps(self, epoch, position=None):
         """Streams: the steps of ``epoch`` from ``position`` on (a resumed run's), each step's examples

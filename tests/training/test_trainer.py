@@ -94,6 +94,35 @@ def test_multi_dataset_composition(kind, tiny_bert_dir, stsb_train, tmp_path):
     assert all(np.isfinite(log["loss"]) for log in rec.logs if "loss" in log)
 
 
+def test_accumulation_groups_keep_one_dataset_per_step():
+    from stcore_jax.training.samplers import accumulation_groups
+
+    plan = [("a", [0]), ("b", [1]), ("a", [2]), ("b", [3]), ("a", [4]), ("b", [5]), ("a", [6])]
+    steps = accumulation_groups(plan, 2)
+    assert [(done, name, rows) for done, name, rows in steps] == [
+        (3, "a", [[0], [2]]), (4, "b", [[1], [3]]), (7, "a", [[4], [6]])]  # b's lone [5] is dropped
+    assert [s[2] for s in accumulation_groups(plan[:4], 1)] == [[[0]], [[1]], [[2]], [[3]]]
+
+
+def test_round_robin_with_gradient_accumulation_trains(tiny_bert_dir, stsb_train, tmp_path):
+    """ROUND_ROBIN alternates datasets, so consecutive micro-batches never share one: each step takes
+    its micro-batches from one dataset (a bug skipped every such group: zero steps, silently)."""
+    model = SentenceTransformer(tiny_bert_dir)
+    data = _two_datasets(stsb_train)
+    losses = {"sts": CoSENTLoss(model), "pairs": MultipleNegativesRankingLoss(model)}
+    rec = Recorder()
+    args = _args(tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                 multi_dataset_batch_sampler=MultiDatasetBatchSamplers.ROUND_ROBIN)  # global batch 8
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=losses, callbacks=[rec])
+    trainer.train()
+    # Plan: sts, pairs, sts, pairs, sts, pairs -> steps (sts, sts), (pairs, pairs); the third sts and pairs
+    # batches are each a short group and are dropped.
+    assert trainer.state.global_step == trainer.steps_per_epoch == 2
+    assert [n for n, _ in rec.batches] == ["sts", "pairs"]
+    for name, rows in rec.batches:
+        assert len(rows) == 2 and all(0 <= r < len(data[name]) for mb in rows for r in mb)
+
+
 def test_logs_and_final_export(tiny_bert_dir, pairs, tmp_path):
     model = SentenceTransformer(tiny_bert_dir)
     args = _args(tmp_path, max_steps=4, logging_steps=2, save_final_model=True)
