@@ -60,6 +60,9 @@ class CosineSimilarityLoss(Loss):
     def __init__(self, model=None, loss_fct: str | Callable = "mse",
                  cos_score_transformation: Callable | None = None) -> None:
         super().__init__(model)
+        if not callable(loss_fct) and loss_fct not in _REGRESSION:  # fail at construction, not at the first trace
+            raise ValueError(f"CosineSimilarityLoss: loss_fct must be one of {sorted(_REGRESSION)} or a callable, "
+                             f"got {loss_fct!r}.")
         self.loss_fct = loss_fct
         self.cos_score_transformation = cos_score_transformation
 

@@ -125,9 +125,11 @@ def _check_labels(values, dataset, column, first_row=0) -> np.ndarray:
                                  f"(or lists of numbers), got {type(x).__name__} ({x!r})")
             if isinstance(x, float) and math.isnan(x):
                 raise ValueError(f"Dataset {dataset!r}, label column {column!r}, row {i}: the label is NaN")
+    lengths = sorted({len(v) if isinstance(v, (list, tuple)) else None for v in values}, key=str)
+    if len(lengths) > 1:  # numpy would raise its own "inhomogeneous shape" error
+        raise ValueError(f"Dataset {dataset!r}, label column {column!r}: label lists must all have the same length "
+                         f"(found lengths {', '.join('scalar' if n is None else str(n) for n in lengths)})")
     arr = np.asarray(values)
-    if arr.dtype.kind == "O":
-        raise ValueError(f"Dataset {dataset!r}, label column {column!r}: label lists must all have the same length")
     return arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
 
 

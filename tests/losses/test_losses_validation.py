@@ -120,6 +120,8 @@ def test_constructor_checks():
         L.DistillKLDivLoss(None, temperature=0.0)
     with pytest.raises(ValueError, match="Unknown similarity"):
         L.MultipleNegativesRankingLoss(None, similarity_fct="cosine_similarity")
+    with pytest.raises(ValueError, match=r"loss_fct must be one of .*'hinge'"):
+        L.CosineSimilarityLoss(None, loss_fct="hinge")
 
 
 def test_similarity_by_name_and_config():

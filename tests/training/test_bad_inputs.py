@@ -51,6 +51,14 @@ def test_nan_label(model, tmp_path):
         _trainer(model, tmp_path, data)
 
 
+def test_label_lists_of_different_lengths():
+    data = Dataset.from_dict({"a": ["x y", "u v"], "b": ["y z", "v w"], "label": [[0.1, 0.2], [0.3]]})
+    from stcore_jax.training.data import _check_labels
+
+    with pytest.raises(ValueError, match=r"label column 'label'.*same length \(found lengths 1, 2\)"):
+        _check_labels(data["label"], "train", "label")
+
+
 @pytest.mark.parametrize("bad, what", [(None, "None"), ("", "empty"), ("   ", "empty")])
 def test_none_or_empty_text(model, tmp_path, bad, what):
     data = Dataset.from_dict({"a": ["x y", "u v", "p q"], "b": ["y z", bad, "q r"], "score": [0.5, 0.1, 0.2]})
