@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from stcore_jax.similarity import normalize, pairwise_dot_score
+from stcore_jax.similarity import _safe_sqrt, normalize, pairwise_dot_score
 from stcore_jax.losses.base import (Loss, check_context, f32, masked_mean, resolve_similarity, row_mask,
                                     sharding_agnostic, similarity_fct_name)
 
@@ -68,7 +68,7 @@ def embed_distill_loss(embeddings: Sequence, labels, *, distance_metric: str = "
         if distance_metric == "mse":
             per_row = (student - teacher) ** 2
         elif distance_metric == "l2":
-            per_row = jnp.linalg.norm(student - teacher, axis=-1)
+            per_row = _safe_sqrt(jnp.sum((student - teacher) ** 2, axis=-1))  # a padded row is 0 - 0
         else:
             per_row = 1.0 - jnp.sum(normalize(student) * normalize(teacher), axis=-1)
         losses.append(masked_mean(per_row, mask))

@@ -110,3 +110,17 @@ def test_adaptive_layer_mask():
 
     value, real = both(layers)
     np.testing.assert_allclose(value, real, rtol=1e-5)
+
+
+def test_l2_distill_gradient_is_finite_on_zero_padded_rows():
+    """A padded row embeds to 0 and its teacher label is 0: a plain norm's gradient there is 0/0 = NaN,
+    which would make the trainer skip the whole step."""
+    from stcore_jax.losses.distill import embed_distill_loss
+
+    student = jnp.asarray(np.where(np.asarray(MASK)[:, None], randn(210, B, 16), 0.0), jnp.float32)
+    teacher = jnp.asarray(np.where(np.asarray(MASK)[:, None], randn(211, B, 16), 0.0), jnp.float32)
+    value, grad = jax.value_and_grad(lambda s: embed_distill_loss([s], teacher, distance_metric="l2", mask=MASK))(student)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+    np.testing.assert_array_equal(np.asarray(grad)[PAD], 0.0)
+    real = np.linalg.norm(np.asarray(student - teacher)[REAL], axis=-1).mean()
+    np.testing.assert_allclose(float(value), real, rtol=1e-6)
