@@ -35,7 +35,7 @@ def test_embedding_grad_bf16_cotangent_accumulates_in_float32():
     ids = jnp.zeros((2048,), jnp.int32)
     g = jnp.full((2048, 4), 1.0 + 2.0**-7, jnp.bfloat16)
     for method in ("scatter", "onehot", "sorted"):
-        got = layers.embedding_grad(ids, g, 3, method)
+        got = jax.jit(lambda i, x, m=method: layers.embedding_grad(i, x, 3, m))(ids, g)
         np.testing.assert_array_equal(np.asarray(got[0]), np.full(4, 2048 * (1.0 + 2.0**-7), np.float32))
         np.testing.assert_array_equal(np.asarray(got[1:]), 0.0)
 
@@ -57,28 +57,29 @@ def test_take_rows_gradient_equals_take():
 def test_dropout_keeps_one_minus_rate_and_scales():
     x = jnp.ones((64, 4, 32, 32), jnp.float32)
     keys = row_keys(jax.random.key(0), 0, np.arange(64))
-    y = np.asarray(layers.dropout(x, 0.1, keys))
+    y = np.asarray(jax.jit(lambda x, k: layers.dropout(x, 0.1, k))(x, keys))
     kept = y > 0
     assert abs(kept.mean() - 0.9) < 0.003  # 262,144 draws: sd 6e-4
     np.testing.assert_allclose(y[kept], 1 / 0.9, rtol=1e-6)
-    single = np.asarray(layers.dropout(jnp.ones((512, 512)), 0.5, jax.random.key(1)) > 0)
+    single = np.asarray(jax.jit(lambda k: layers.dropout(jnp.ones((512, 512)), 0.5, k))(jax.random.key(1)) > 0)
     assert abs(single.mean() - 0.5) < 0.005
 
 
 def test_dropout_masks_are_per_row_and_independent():
     x = jnp.ones((16, 4, 32, 32), jnp.float32)
     keys = row_keys(jax.random.key(0), 0, np.arange(16))
-    full = np.asarray(layers.dropout(x, 0.3, keys) > 0)
-    part = np.asarray(layers.dropout(x[5:9], 0.3, keys[5:9]) > 0)
+    drop = jax.jit(lambda x, k: layers.dropout(x, 0.3, k) > 0)  # one compile per shape (eager runs op by op)
+    full = np.asarray(drop(x, keys))
+    part = np.asarray(drop(x[5:9], keys[5:9]))
     np.testing.assert_array_equal(full[5:9], part)  # a row's mask does not depend on its batch
     flat = full.reshape(16, -1).astype(float)
     corr = np.corrcoef(flat)[np.triu_indices(16, 1)]
     assert np.abs(corr).max() < 0.1  # 4096 draws per row (sd 0.016): rows are not copies or shifts
-    other_site = np.asarray(layers.dropout(x, 0.3, layers.fold(keys, 1)) > 0)
+    other_site = np.asarray(drop(x, layers.fold(keys, 1)))
     assert abs(np.corrcoef(full.ravel(), other_site.ravel())[0, 1]) < 0.05
-    again = np.asarray(layers.dropout(x, 0.3, row_keys(jax.random.key(0), 0, np.arange(16))) > 0)
+    again = np.asarray(drop(x, row_keys(jax.random.key(0), 0, np.arange(16))))
     np.testing.assert_array_equal(full, again)
-    assert not np.array_equal(full, np.asarray(layers.dropout(x, 0.3, row_keys(jax.random.key(1), 0, np.arange(16))) > 0))
+    assert not np.array_equal(full, np.asarray(drop(x, row_keys(jax.random.key(1), 0, np.arange(16)))))
 
 
 def test_dropout_identity_without_key_or_rate():
