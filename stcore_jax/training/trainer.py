@@ -406,6 +406,9 @@ class SentenceTransformerTrainer:
                 self.state.global_step += 1
                 self.state.epoch = progress
                 self._train_state = state
+                # The step donated the old parameter buffers; callbacks that encode between steps must see
+                # this step's (live) arrays, not freed ones (reading a donated buffer can crash the process).
+                self.model.params = state["trainable"]["model"]
                 window.append(metrics)
                 if args.nonfinite_policy == "stop" and not bool(metrics["finite"]):
                     self._dump_nonfinite(ds, [r for rs in rows for r in rs])

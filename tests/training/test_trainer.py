@@ -180,3 +180,23 @@ def test_evaluate_reuses_its_compiled_step(tiny_bert_dir, pairs, tmp_path):
     second = trainer.evaluate()
     assert trainer._eval_step_fn(loss) is fn and fn._cache_size() == compiled  # no new trace or compile
     assert second["eval_loss"] == first["eval_loss"]
+
+
+def test_callbacks_can_encode_with_the_current_weights(tiny_bert_dir, pairs, tmp_path):
+    """A callback calling ``model.encode`` between steps (a common custom-evaluation pattern) gets the
+    weights of the step just taken, not donated (deleted) buffers or the weights from before training."""
+    model = SentenceTransformer(tiny_bert_dir)
+    before = model.encode(["a small probe sentence"])
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            seen.append(model.encode(["a small probe sentence"]))
+
+    args = _args(tmp_path, max_steps=3, learning_rate=1e-3)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=CoSENTLoss(model),
+                               callbacks=[Probe()]).train()
+    assert len(seen) == 3
+    assert not np.allclose(seen[0], before)  # step 1's weights, not the initial ones
+    assert not np.allclose(seen[1], seen[0]) and not np.allclose(seen[2], seen[1])
+    np.testing.assert_allclose(seen[-1], model.encode(["a small probe sentence"]), atol=1e-6)
