@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VARIANTS = ("bf16-rows", "bf16-none", "bf16-none-fused", "bf16-none-cudnn", "bf16-one", "bf16-rows-threefry", "bf16-rows-barrier",
+VARIANTS = ("bf16-rows", "bf16-none", "bf16-none-fused", "bf16-none-cudnn", "bf16-one", "bf16-rows-threefry",
             "bf16-rows-attnonly", "bf16-rows-hiddenonly", "f32-rows")
 
 
@@ -80,7 +80,6 @@ def main():
                           else own_attention)
         model = base.with_compute_dtype(dtype)
         layers.dropout = threefry_dropout if "threefry" in name else own_dropout
-        layers.MATERIALIZE_DROPOUT_BITS = "barrier" in name
         bert.dropout = (lambda x, r, k: x) if "attnonly" in name else layers.dropout  # hidden-state sites
         if "hiddenonly" in name:
             layers.dropout = lambda x, r, k: x  # attention-prob site (layers.attention looks it up here)

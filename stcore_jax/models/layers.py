@@ -50,9 +50,6 @@ def _key_batched(key) -> bool:
     return key.ndim == (1 if typed else 2)
 
 
-MATERIALIZE_DROPOUT_BITS = False
-
-
 def _mix32(x):
     """A 32-bit integer finaliser ("lowbias32", full avalanche): uint32 -> uint32, elementwise."""
     x = x ^ (x >> 16)
@@ -104,8 +101,6 @@ def dropout(x, rate: float, key):
         seed = _key_seed(key)
         counter = _element_counter(x.shape)
     bits = _mix32(_mix32(counter ^ seed) + seed)
-    if MATERIALIZE_DROPOUT_BITS:
-        bits = jax.lax.optimization_barrier(bits)
     keep = bits >= jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
     return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
