@@ -38,3 +38,46 @@ def bucket_for(length: int, buckets) -> int:
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def fit_buckets(longest, k: int, multiple: int = 8, cap: int | None = None) -> tuple[int, ...]:
+    """At most ``k`` padding lengths that minimise the total padded length of batches whose longest rows
+    are ``longest`` (one entry per batch). Candidates are multiples of ``multiple`` (capped at ``cap``);
+    the last bucket fits the longest batch. Exact dynamic programme over the distinct rounded lengths:
+    ``O(n^2 k)`` for ``n`` distinct values (at most ``cap / multiple``).
+
+    The trainer fits its buckets to the batches its sampler will draw, so a handful of compilations pad
+    little more than padding to each batch's longest row would (bench/RESULTS.md).
+    """
+    if k < 1:
+        raise ValueError(f"need at least one length bucket, got k={k}")
+    rounded = [max(round_up(max(int(n), 1), multiple), multiple) for n in longest]
+    if cap is not None:
+        rounded = [min(r, cap) for r in rounded]
+    if not rounded:
+        raise ValueError("fit_buckets needs at least one batch length")
+    values = sorted(set(rounded))
+    counts = [rounded.count(v) for v in values]
+    n = len(values)
+    k = min(k, n)
+    prefix = [0]
+    for c in counts:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # cost[j][i]: least padded length of the batches with the i smallest values, using j buckets, the
+    # largest of them values[i-1]; back[j][i]: where that last bucket's group starts.
+    cost = [[inf] * (n + 1) for _ in range(k + 1)]
+    back = [[0] * (n + 1) for _ in range(k + 1)]
+    cost[0][0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            for s in range(i):
+                c = cost[j - 1][s] + values[i - 1] * (prefix[i] - prefix[s])
+                if c < cost[j][i]:
+                    cost[j][i], back[j][i] = c, s
+    j = min(range(1, k + 1), key=lambda jj: cost[jj][n])
+    out, i = [], n
+    while i > 0:
+        out.append(values[i - 1])
+        i, j = back[j][i], j - 1
+    return tuple(sorted(out))

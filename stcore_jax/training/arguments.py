@@ -105,7 +105,7 @@ class SentenceTransformerTrainingArguments:
     train_batch_size: int | None = None  # global batch; overrides per_device_train_batch_size when set
     mesh_shape: dict | None = None  # e.g. {"data": 8} or {"data": 4, "fsdp": 2}; default: all devices on data
     fsdp_min_size: int = 2**14  # with an fsdp axis: arrays of fewer elements stay replicated (training/sharding.py)
-    length_buckets: tuple | None = None
+    length_buckets: tuple | int | None = None  # lengths; or how many to fit to the training batches (None: 4)
     nonfinite_policy: str = "skip"  # "skip" the update and count it, or "stop"
     save_final_model: bool = True  # export output_dir/final in sentence-transformers format at the end
 
@@ -161,6 +161,16 @@ class SentenceTransformerTrainingArguments:
             )
         if self.nonfinite_policy not in ("skip", "stop"):
             raise ValueError(f"nonfinite_policy must be 'skip' or 'stop', got {self.nonfinite_policy!r}")
+        lb = self.length_buckets
+        if lb is not None:
+            if isinstance(lb, (list, tuple)):
+                if not lb or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in lb) or list(lb) != sorted(lb):
+                    raise ValueError(f"length_buckets must be increasing positive token lengths, e.g. (32, 64, 128), "
+                                     f"or the number of buckets to fit to the data, e.g. 4; got {lb!r}")
+                self.length_buckets = tuple(lb)
+            elif not isinstance(lb, int) or isinstance(lb, bool) or lb < 1:
+                raise ValueError(f"length_buckets must be a tuple of token lengths or a positive number of buckets to "
+                                 f"fit to the data; got {lb!r}")
         if not isinstance(self.fsdp_min_size, int) or self.fsdp_min_size < 0:
             raise ValueError(f"fsdp_min_size must be an integer >= 0 (elements), got {self.fsdp_min_size!r}")
         self.batch_sampler = _enum_or_callable(self.batch_sampler, BatchSamplers, "batch_sampler")

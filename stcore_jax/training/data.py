@@ -197,9 +197,13 @@ def _prompt_length(module, prompt):
     return len(ids) - (1 if ids and ids[-1] in special else 0)
 
 
+def batch_longest(ds: PreparedDataset, rows) -> int:
+    """Token length of the longest of ``rows`` over all input columns (a batch pads all columns to one length)."""
+    return max(len(ids["input_ids"][i]) for ids in ds.token_ids for i in rows)
+
+
 def batch_bucket(ds: PreparedDataset, rows, buckets) -> int:
-    longest = max(len(ids["input_ids"][i]) for ids in ds.token_ids for i in rows)
-    return bucket_for(longest, buckets)
+    return bucket_for(batch_longest(ds, rows), buckets)
 
 
 def collate(ds: PreparedDataset, rows, batch_size: int, length: int, pad) -> dict:

@@ -51,13 +51,18 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
             (loss_val, comps, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum_steps), batch))
             loss_val, comps, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss_val, comps, grads))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
-        new_trainable = optax.apply_updates(state["trainable"], updates)
         ok = jnp.isfinite(loss_val) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+
+        def update(trainable, opt_state):
+            updates, opt_state = tx.update(grads, opt_state, trainable)
+            return optax.apply_updates(trainable, updates), opt_state
+
+        # A branch, not ``where(ok, new, old)`` per leaf: the select is one more pass over parameters and both
+        # Adam moments, which on CPU cost more than the Adam update itself (bench/RESULTS.md).
+        new_trainable, opt_state = jax.lax.cond(ok, update, lambda t, o: (t, o), state["trainable"], state["opt_state"])
         new_state = {
-            "trainable": keep(new_trainable, state["trainable"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
+            "trainable": new_trainable,
+            "opt_state": opt_state,
             "step": state["step"] + 1,
             "skipped": state["skipped"] + (~ok).astype(jnp.int32),
         }

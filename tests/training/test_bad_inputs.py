@@ -81,6 +81,12 @@ def test_unknown_sampler_and_scheduler(tmp_path):
         _args(tmp_path, lr_scheduler_type="warmup_stable")
 
 
+@pytest.mark.parametrize("bad", [0, -2, (), (64, 32), (16, 0), "auto", 2.5])
+def test_bad_length_buckets(tmp_path, bad):
+    with pytest.raises(ValueError, match="length_buckets must be"):
+        _args(tmp_path, length_buckets=bad)
+
+
 def test_eval_steps_strategy_without_steps(tmp_path):
     with pytest.raises(ValueError, match='eval_strategy="steps" needs eval_steps'):
         _args(tmp_path, eval_strategy="steps")

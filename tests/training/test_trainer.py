@@ -153,6 +153,26 @@ def test_learning_rate_schedule_matches_transformers(tmp_path):
             sched.step()
 
 
+@pytest.mark.parametrize("scale,max_norm", [(1.0, 0.5), (1.0, 100.0), (1e-4, 1e-5)])
+def test_gradient_clipping_matches_torch(scale, max_norm):
+    """torch's rule, ``min(1, max_norm / (norm + 1e-6))``: the 1e-6 shows on small gradients (last case)."""
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    from stcore_jax.training.optim import clip_grad_norm
+
+    rng = np.random.default_rng(0)
+    grads = {"a": (scale * rng.normal(size=(5, 3))).astype(np.float32), "b": (scale * rng.normal(size=7)).astype(np.float32)}
+    params = [torch.nn.Parameter(torch.zeros(grads[k].shape)) for k in ("a", "b")]
+    for p, k in zip(params, ("a", "b")):
+        p.grad = torch.tensor(grads[k])
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    ours, _ = clip_grad_norm(max_norm).update(jax.tree_util.tree_map(jnp.asarray, grads), optax.EmptyState())
+    for p, k in zip(params, ("a", "b")):
+        np.testing.assert_allclose(np.asarray(ours[k]), p.grad.numpy(), rtol=2e-6, atol=0)
+
+
 def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
     model = SentenceTransformer(tiny_bert_dir)
     args = _args(tmp_path, per_device_train_batch_size=2, logging_steps=3)
@@ -165,6 +185,37 @@ def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
     assert len(used) >= 2  # the epoch really spans several buckets
     trainer.train()
     assert trainer.compile_count[0] == len(used)
+
+
+def test_length_buckets_fitted_to_the_batches(tiny_bert_dir, stsb_train, tmp_path):
+    from stcore_jax.models.buckets import bucket_for
+    from stcore_jax.training.data import batch_longest
+
+    s1, s2, sc = stsb_train
+    data = Dataset.from_dict({"sentence1": s1[:256], "sentence2": s2[:256], "score": [x / 5 for x in sc[:256]]})
+    model = SentenceTransformer(tiny_bert_dir)
+    model.max_seq_length = 128
+
+    def make(**kw):
+        return SentenceTransformerTrainer(model=model, args=_args(tmp_path, per_device_train_batch_size=4, **kw),
+                                          train_dataset=data, loss=CoSENTLoss(model))
+
+    fitted = make()
+    longest = [batch_longest(fitted.train_prepared[name], rows) for name, rows in fitted.epoch_plan(0)]
+    fit, rest = fitted.buckets[:-1], fitted.buckets[-1]
+    assert len(fit) <= 4 and all(b % 8 == 0 for b in fit) and rest == 128
+    assert max(longest) <= fit[-1]  # the fitted buckets cover every batch; 128 is only for longer eval rows
+
+    def padded(buckets):
+        return sum(bucket_for(n, buckets) for n in longest)
+
+    # optimal among multiples of 8, so never worse than powers of two (which are such a set)
+    assert padded(fitted.buckets) <= padded((16, 32, 64, 128))
+    assert padded(fitted.buckets) < 1.2 * sum(longest)  # pad-to-longest is the floor
+    assert make().buckets == fitted.buckets  # a function of the seeded plan: every host and resume agree
+    one = make(length_buckets=1).buckets
+    assert len(one) <= 2 and one[0] >= max(longest)
+    assert make(length_buckets=(16, 64)).buckets == (16, 64)
 
 
 def test_evaluate_reuses_its_compiled_step(tiny_bert_dir, pairs, tmp_path):
