@@ -150,7 +150,8 @@ class SentenceTransformerTrainer:
             self.add_callback(cb)
         self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())
         self.control = TrainerControl()
-        self.compile_count = [0]
+        self.compile_count = [0]  # train-step traces (one per length bucket and loss)
+        self.compile_seconds = 0.0  # wall time of the train-step calls that compiled
         self._train_state = None
         self._fire("on_init_end")
 
@@ -165,7 +166,7 @@ class SentenceTransformerTrainer:
         given, max_len = self.args.length_buckets, self.model.max_seq_length
         if isinstance(given, (tuple, list)):
             return tuple(given)
-        if self.streaming:
+        if self.streaming or not self.train_prepared:
             return default_buckets(max_len, smallest=16, per_octave=1)
         accum = self.args.gradient_accumulation_steps
         longest = [max(batch_longest(self.train_prepared[name], rows) for rows in micro)
@@ -426,7 +427,10 @@ class SentenceTransformerTrainer:
                 samples += sum(len(r) for r in rows)
                 tokens += int(sum(c["attention_mask"].sum() for c in batch["columns"]))
                 self._fire("on_step_begin")
+                traced, t_call = self.compile_count[0], time.perf_counter()
                 state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1, local=True))
+                if self.compile_count[0] != traced:  # a new length bucket: this call traced and compiled
+                    self.compile_seconds += time.perf_counter() - t_call
                 self.state.global_step += 1
                 self.state.epoch = progress
                 self._train_state = state
