@@ -4,6 +4,8 @@
   before       session-3 step: optax.clip_by_global_norm + adamw, then ``where(finite, new, old)`` per leaf
   now          the trainer's step: ``clip_grad_norm`` (torch's rule, one scalar multiply) + adamw inside
                ``lax.cond(finite, update, keep)``
+  torch        (``--torch``) what the reference's Hugging Face Trainer runs: ``clip_grad_norm_`` then
+               ``torch.optim.AdamW(fused=True)`` (its default ``optim="adamw_torch_fused"``)
 
 Variants run interleaved in rounds (this machine's speed drifts by 2x over minutes); medians per variant.
 
@@ -59,10 +61,27 @@ def variants():
     return {"adamw": (plain, adamw), "before": (before, old_tx), "now": (now, new_tx)}
 
 
+def torch_step(params):
+    import torch
+
+    ps = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params.values()]
+    for p in ps:
+        p.grad = p.detach() * 0.01
+    opt = torch.optim.AdamW(ps, lr=2e-5, weight_decay=0.01, fused=True)
+
+    def step(_state, _grads):
+        torch.nn.utils.clip_grad_norm_(ps, 1.0)
+        opt.step()
+
+    step(None, None)
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--torch", action="store_true", help="also time the reference's clip + fused AdamW")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     params = {f"p{i}": rng.random(s, dtype=np.float32) for i, s in enumerate(SHAPES)}
@@ -75,6 +94,8 @@ def main():
         state = step((p, tx.init(p)), grads)
         jax.block_until_ready(state)
         runs[name] = [step, state, []]
+    if a.torch:
+        runs["torch"] = [torch_step(params), None, []]
     for _ in range(a.rounds):
         for name, run in runs.items():
             for _ in range(a.iters):
