@@ -160,9 +160,9 @@ class SentenceTransformerTrainer:
         """``length_buckets``: a tuple is used as given; an int ``k`` (default ``None``: 4) fits ``k`` lengths to
         the longest row of every step of the first epoch's plan (``fit_buckets``), plus ``max_seq_length`` for
         longer eval rows. Each step compiles once per bucket it reaches, so a few fitted buckets pad about as
-        little as the reference's pad-to-longest (STS-B train, batch 16: 1.22x its tokens with 4 fitted buckets,
-        1.63x with powers of two; bench/padding.py). The plan is a pure function of the seed, so every host and every resume
-        fits the same buckets. Streams have no plan: powers of two from 16."""
+        little as the reference's pad-to-longest (STS-B train, batch 16: 1.22x its tokens with 4 fitted
+        buckets, 1.63x with powers of two; bench/padding.py). The plan is a pure function of the seed, so every
+        host and every resume fits the same buckets. Streams have no plan: powers of two from 16."""
         given, max_len = self.args.length_buckets, self.model.max_seq_length
         if isinstance(given, (tuple, list)):
             return tuple(given)
