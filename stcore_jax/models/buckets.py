@@ -13,6 +13,8 @@ of two from 16 (39k real), 9 compilations instead of 3, and a shorter first call
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 def default_buckets(max_seq_length: int, smallest: int = 8, per_octave: int = 4, min_step: int = 4) -> tuple[int, ...]:
     """Padding lengths up to ``max_seq_length`` (always the last bucket).
@@ -56,8 +58,9 @@ def fit_buckets(longest, k: int, multiple: int = 8, cap: int | None = None) -> t
         rounded = [min(r, cap) for r in rounded]
     if not rounded:
         raise ValueError("fit_buckets needs at least one batch length")
-    values = sorted(set(rounded))
-    counts = [rounded.count(v) for v in values]
+    tally = Counter(rounded)
+    values = sorted(tally)
+    counts = [tally[v] for v in values]
     n = len(values)
     k = min(k, n)
     prefix = [0]
@@ -75,8 +78,7 @@ def fit_buckets(longest, k: int, multiple: int = 8, cap: int | None = None) -> t
                 c = cost[j - 1][s] + values[i - 1] * (prefix[i] - prefix[s])
                 if c < cost[j][i]:
                     cost[j][i], back[j][i] = c, s
-    j = min(range(1, k + 1), key=lambda jj: cost[jj][n])
-    out, i = [], n
+    out, i, j = [], n, k  # k <= n distinct values: using all k buckets is never worse
     while i > 0:
         out.append(values[i - 1])
         i, j = back[j][i], j - 1

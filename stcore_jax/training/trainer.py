@@ -261,7 +261,17 @@ class SentenceTransformerTrainer:
         return multi_dataset_order(kind, batch_counts, seed, epoch)
 
     def epoch_plan(self, epoch: int) -> list[tuple[str, list[int]]]:
-        """The batches of one epoch: ``(dataset name, row indices)``, a pure function of (seed, epoch)."""
+        """The batches of one epoch: ``(dataset name, row indices)``, a pure function of (seed, epoch).
+        The last epoch's plan is kept: fitting the buckets, counting the steps and training epoch 0 all
+        read it, and a NO_DUPLICATES pass over a large dataset is seconds of Python."""
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        plan = self._draw_epoch_plan(epoch)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def _draw_epoch_plan(self, epoch: int) -> list[tuple[str, list[int]]]:
         per = {n: epoch_batches(s, epoch) for n, s in self.samplers.items()}
         if len(per) == 1:
             (name, batches), = per.items()
