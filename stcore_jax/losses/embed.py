@@ -113,7 +113,7 @@ def _deinterleave(y, num_columns: int, num_shards: int):
 
 
 def embed_columns(forward: Callable, params, features: Sequence[dict], dropout_key=None, *,
-                  num_shards: int = 1) -> list[Array]:
+                  num_shards: int = 1, packed: dict | None = None) -> list[Array]:
     """Embed every column (the uncached path): a list of ``[B, D]`` arrays, differentiable w.r.t.
     ``params``, with the per-row dropout keys of :func:`row_keys`.
 
@@ -127,6 +127,7 @@ def embed_columns(forward: Callable, params, features: Sequence[dict], dropout_k
     if stackable(features, num_shards):
         merged = {k: _interleave([f[k] for f in features], num_shards) if getattr(v, "ndim", 0) >= 1 else v
                   for k, v in features[0].items()}
+        merged.update(packed or {})
         merged_keys = None if dropout_key is None else _interleave(keys, num_shards)
         emb = forward(params, merged, dropout_key=merged_keys)["sentence_embedding"]
         return _deinterleave(emb, len(features), num_shards)
@@ -207,8 +208,18 @@ def loss_chain(loss):
     return chain
 
 
+def supports_packing(loss) -> bool:
+    """Whether ``compute_loss`` can embed this loss's columns from a sequence-packed batch: only the plain
+    path (one forward over all columns), not GradCache, guide models or per-layer embeddings."""
+    chain = loss_chain(loss)
+    return not any(callable(getattr(lo, "compute_loss", None)) or has_guide(lo) or
+                   getattr(lo, "needs_layer_embeddings", False) or type(lo).__name__ in _PER_LAYER_LOSSES
+                   for lo in chain)
+
+
 def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labels=None, *, dropout_key=None,
-                 mask=None, num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None):
+                 mask=None, num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None,
+                 packed=None):
     """Loss of one batch from its features (see the module docstring for every argument).
 
     A wrapper (``MatryoshkaLoss``) around a GradCache loss embeds with GradCache, using the wrapped
@@ -217,6 +228,9 @@ def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labe
     """
     features = list(features)
     own = getattr(loss, "compute_loss", None)
+    if packed is not None and not supports_packing(loss):
+        raise ValueError(f"{type(loss).__name__} embeds its columns itself (GradCache, a guide model or per-layer "
+                         f"embeddings) and cannot take a sequence-packed batch; train with sequence_packing=False")
     if own is not None:
         return own(forward, params, features, labels, dropout_key=dropout_key, mask=mask, num_shards=num_shards,
                    loss_params=loss_params, guide_features=guide_features, guide_params=guide_params, key=key)
@@ -230,7 +244,8 @@ def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labe
                        dropout_key=dropout_key)
     guided = next((inner for inner in chain if has_guide(inner)), None)
     if cached is None:
-        embeddings = embed_columns(forward, params, features, dropout_key, num_shards=int(num_shards or 1))
+        embeddings = embed_columns(forward, params, features, dropout_key, num_shards=int(num_shards or 1),
+                                   packed=packed)
         if guided is not None:
             ctx["guide_embeddings"] = embed_guide(guided, features, guide_features, guide_params)
     else:

@@ -111,12 +111,15 @@ class BertModel(nnx.Module):
     Call signature (shared by all our encoders):
         input_ids: [B, T] int32; attention_mask: [B, T] (1 = token, 0 = padding);
         token_type_ids: [B, T] or None; dropout_key: PRNG key or None (deterministic);
-        output_hidden_states: also return every layer's output (embeddings first).
+        output_hidden_states: also return every layer's output (embeddings first);
+        packing: a :class:`stcore_jax.models.layers.Packing` when rows hold several sequences (their
+        own positions, attention kept inside each; ``attention_mask`` is then ignored).
     Returns a dict with ``last_hidden_state`` [B, T, H] (compute dtype) and optionally
     ``hidden_states`` (a tuple of num_layers + 1 arrays [B, T, H]).
     """
 
     roberta_positions = False
+    supports_packing = True
 
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
@@ -124,17 +127,22 @@ class BertModel(nnx.Module):
         self.encoder = BertEncoder(cfg, rngs)
         self.pad_token_id = cfg.pad_token_id
 
-    def position_ids(self, input_ids_bt):
+    def position_ids(self, input_ids_bt, packing=None):
+        if packing is not None:  # positions within each packed sequence; fairseq's start at padding_idx + 1
+            return packing.position_ids + (self.pad_token_id + 1 if self.roberta_positions else 0)
         if self.roberta_positions:
             # fairseq positions: count real tokens from padding_idx + 1; padding keeps padding_idx.
             real = (input_ids_bt != self.pad_token_id).astype(jnp.int32)
             return jnp.cumsum(real, axis=1) * real + self.pad_token_id
         return jnp.broadcast_to(jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32), input_ids_bt.shape)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False,
+                 packing=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = self.embeddings(input_ids, self.position_ids(input_ids), token_type_ids, fold(dropout_key, 0))
+        if packing is not None:
+            attention_mask = packing.attention_mask()
+        x = self.embeddings(input_ids, self.position_ids(input_ids, packing), token_type_ids, fold(dropout_key, 0))
         hidden = [x]
         for i, layer in enumerate(self.encoder.layer):
             x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))

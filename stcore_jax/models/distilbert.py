@@ -16,8 +16,8 @@ class DistilBertEmbeddings(nnx.Module):
         self.LayerNorm = layer_norm(cfg.hidden_size, 1e-12, dtype=cfg.dtype, rngs=rngs)
         self.rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids_bt, key):
-        pos = jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32)[None, :]
+    def __call__(self, input_ids_bt, key, position_ids_bt=None):
+        pos = jnp.arange(input_ids_bt.shape[1], dtype=jnp.int32)[None, :] if position_ids_bt is None else position_ids_bt
         x = self.word_embeddings(input_ids_bt) + self.position_embeddings(pos)
         return dropout(self.LayerNorm(x), self.rate, key)
 
@@ -70,13 +70,18 @@ class DistilBertTransformer(nnx.Module):
 class DistilBertModel(nnx.Module):
     """DistilBERT encoder; same call signature and outputs as :class:`stcore_jax.models.bert.BertModel`."""
 
+    supports_packing = True
+
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
         self.embeddings = DistilBertEmbeddings(cfg, rngs)
         self.transformer = DistilBertTransformer(cfg, rngs)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
-        x = self.embeddings(input_ids, fold(dropout_key, 0))
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False,
+                 packing=None):
+        if packing is not None:
+            attention_mask = packing.attention_mask()
+        x = self.embeddings(input_ids, fold(dropout_key, 0), None if packing is None else packing.position_ids)
         hidden = [x]
         for i, layer in enumerate(self.transformer.layer):
             x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))

@@ -6,6 +6,7 @@ forward pass can be replayed bit-for-bit (GradCache re-runs each chunk with the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -42,6 +43,50 @@ def activation(name: str):
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}") from None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Several sequences per row (sequence packing): how the encoders tell them apart.
+
+    ``segment_ids`` [B, T] int32: 0 = padding; the tokens of one sequence share one positive id and
+    sit contiguously. ``position_ids`` [B, T] int32: each token's 0-based position in its own
+    sequence (what it would be alone in a row). Attention stays inside a segment, so every sequence
+    gets the hidden states it would get alone in a padded row (to float rounding).
+    """
+
+    segment_ids: jax.Array
+    position_ids: jax.Array
+
+    def attention_mask(self):
+        """[B, T, T] bool: query ``q`` may attend to key ``k`` (same segment, not padding)."""
+        seg = self.segment_ids
+        return (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TokenKeys:
+    """Dropout keys of packed rows: one key per *sequence*, looked up per token, so that a sequence
+    draws the masks it would draw alone in a row of the same length (:func:`dropout`), however it
+    was packed or sharded.
+
+    ``keys`` [N] typed keys, sequences in the order ``[S, N / S]`` (``S`` shards). ``sequence``
+    [S, R * T] int32: per token of shard ``s``'s ``R`` rows, the index of its sequence among that
+    shard's ``N / S`` (any valid index for padding). ``positions`` [S * R, T] int32: each token's
+    position in its sequence.
+    """
+
+    keys: jax.Array
+    sequence: jax.Array
+    positions: jax.Array
+
+    def token_seeds(self):
+        """[S * R, T] uint32: each token's sequence seed (``_key_seed`` of its key)."""
+        shards = self.sequence.shape[0]
+        seeds = _key_seed(self.keys).reshape(shards, -1)
+        return jnp.take_along_axis(seeds, self.sequence, axis=1).reshape(self.positions.shape)
 
 
 def _key_batched(key) -> bool:
@@ -94,7 +139,9 @@ def dropout(x, rate: float, key):
     """
     if key is None or rate == 0.0:
         return x
-    if _key_batched(key):
+    if isinstance(key, TokenKeys):
+        seed, counter = _packed_seed_counter(x, key)
+    elif _key_batched(key):
         seed = _key_seed(key).reshape((-1,) + (1,) * (x.ndim - 1))
         counter = _element_counter((1,) + x.shape[1:])
     else:
@@ -105,10 +152,52 @@ def dropout(x, rate: float, key):
     return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
+def _packed_seed_counter(x, key: TokenKeys):
+    """Seeds and element counters for dropout on packed hidden states ``[B, T, D]``: those of the sequence
+    alone in a row with its own key (element ``(t, d)`` counts ``t * D + d``, ``t`` its position in the
+    sequence)."""
+    if x.ndim != 3:
+        raise ValueError(f"dropout with TokenKeys expects hidden states [B, T, D], got shape {x.shape}; "
+                         f"attention probabilities go through attention_dropout")
+    d = x.shape[2]
+    pos = key.positions.astype(jnp.uint32)
+    return key.token_seeds()[:, :, None], pos[:, :, None] * jnp.uint32(d) + jnp.arange(d, dtype=jnp.uint32)
+
+
+def attention_dropout(probs_bhqk, rate: float, key):
+    """Dropout on attention probabilities ``[B, H, T, T]`` whose mask depends only on the sequence's key,
+    the head, and the query's and key's positions in the sequence: not on the row length ``T``, nor on
+    how sequences were packed into rows (``key`` a :class:`TokenKeys`) or padded (per-row keys). So a
+    sentence draws the same masks in any length bucket, packed or not, on any number of shards.
+
+    Each (row, head, query) gets its own seed, ``mix(row seed ^ (query + head * 2**16))``, and its keys
+    count from 0. ``key``: ``None``, one key, per-row keys ``[B]``, or :class:`TokenKeys`.
+    """
+    if key is None or rate == 0.0:
+        return probs_bhqk
+    b, h, t, _ = probs_bhqk.shape
+    q = jnp.arange(t, dtype=jnp.uint32)
+    if isinstance(key, TokenKeys):
+        row_seed = key.token_seeds()[:, None, :, None]  # the query token's sequence
+        qpos = key.positions.astype(jnp.uint32)[:, None, :, None]
+        kpos = q[None, None, None, :] - q[None, None, :, None] + qpos  # k - start of q's sequence
+    else:
+        row_seed = _key_seed(key) if _key_batched(key) else _mix32(_key_seed(key) ^ jnp.arange(b, dtype=jnp.uint32))
+        row_seed = jnp.broadcast_to(row_seed, (b,)).reshape(b, 1, 1, 1)
+        qpos, kpos = q[None, None, :, None], q[None, None, None, :]
+    heads = jnp.arange(h, dtype=jnp.uint32)[None, :, None, None] << 16
+    seed = _mix32(row_seed ^ (qpos + heads))
+    bits = _mix32(_mix32(kpos ^ seed) + seed)
+    keep = bits >= jnp.uint32(min(int(round(rate * 2.0**32)), 2**32 - 1))
+    return jnp.where(keep, probs_bhqk * jnp.asarray(1.0 / (1.0 - rate), probs_bhqk.dtype), jnp.zeros_like(probs_bhqk))
+
+
 def fold(key, *ids: int):
     """Derive a sub-key for one dropout site (``None`` stays ``None``; per-row keys stay per-row)."""
     if key is None:
         return None
+    if isinstance(key, TokenKeys):
+        return dataclasses.replace(key, keys=fold(key.keys, *ids))
     for i in ids:
         key = jax.vmap(lambda k: jax.random.fold_in(k, i))(key) if _key_batched(key) else jax.random.fold_in(key, i)
     return key
@@ -136,7 +225,8 @@ def merge_heads(x_bhtd):
 
 
 def attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0.0, key=None):
-    """Scaled dot-product attention over keys where ``mask_bt`` is set.
+    """Scaled dot-product attention over keys where ``mask_bt`` is set (``[B, T]`` per key, or
+    ``[B, T, T]`` per query and key, as :meth:`Packing.attention_mask` gives).
 
     Softmax runs in float32 whatever the compute dtype. Masked keys get the dtype's most negative
     value rather than -inf so that an all-padding row (rows added to fill a static batch) yields a
@@ -146,9 +236,10 @@ def attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhtd, k_bhtd, preferred_element_type=jnp.float32) * scale
     if bias_bhtt is not None:
         scores = scores + bias_bhtt.astype(jnp.float32)
-    scores = jnp.where(mask_bt[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
+    mask = mask_bt[:, None, :, :] if mask_bt.ndim == 3 else mask_bt[:, None, None, :]  # [B, T, T] or [B, T]
+    scores = jnp.where(mask.astype(bool), scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
-    probs = dropout(probs, dropout_rate, key).astype(v_bhtd.dtype)
+    probs = attention_dropout(probs, dropout_rate, key).astype(v_bhtd.dtype)
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhtd)
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import activation, call_layer, dropout, embed, fold, layer_norm, linear, merge_heads
+from stcore_jax.models.layers import activation, attention_dropout, call_layer, dropout, embed, fold, layer_norm, linear, merge_heads
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float):
@@ -46,7 +46,7 @@ def _attention(q_bhtd, k_bhtd, v_bhtd, mask_btt, rate, key):
     scale = 1.0 / math.sqrt(q_bhtd.shape[-1])
     scores = jnp.einsum("bhqd,bhkd->bhqk", q_bhtd, k_bhtd).astype(jnp.float32) * scale
     scores = jnp.where(mask_btt[:, None], scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v_bhtd.dtype)
+    probs = attention_dropout(jax.nn.softmax(scores, axis=-1), rate, key).astype(v_bhtd.dtype)
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhtd)
 
 

@@ -91,15 +91,22 @@ class MPNetEncoder(nnx.Module):
 class MPNetModel(nnx.Module):
     """MPNet encoder; same call signature and outputs as :class:`stcore_jax.models.bert.BertModel`."""
 
+    supports_packing = True
+
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.gradient_checkpointing = False  # static: set via Transformer.set_gradient_checkpointing
         self.embeddings = BertEmbeddings(cfg, rngs)  # no token_type table: type_vocab_size is 0
         self.encoder = MPNetEncoder(cfg, rngs)
         self.pad_token_id = cfg.pad_token_id
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
-        real = (input_ids != self.pad_token_id).astype(jnp.int32)
-        position_ids = jnp.cumsum(real, axis=1) * real + self.pad_token_id
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False,
+                 packing=None):
+        if packing is None:
+            real = (input_ids != self.pad_token_id).astype(jnp.int32)
+            position_ids = jnp.cumsum(real, axis=1) * real + self.pad_token_id
+        else:  # the relative bias below depends on index differences only, which packing keeps within a sequence
+            position_ids = packing.position_ids + self.pad_token_id + 1
+            attention_mask = packing.attention_mask()
         x = self.embeddings(input_ids, position_ids, None, fold(dropout_key, 0))
         bias = self.encoder.position_bias(input_ids.shape[1])
         hidden = [x]

@@ -22,6 +22,7 @@ from stcore_jax.io.hf_keys import hf_to_params, params_to_hf
 from stcore_jax.io.safetensors_io import load_safetensors, save_safetensors
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.module import Module, ensure_dir, read_json, write_json
+from stcore_jax.models.packing import PACKED_PREFIX, is_packed, packed_features, unpack_tokens
 from stcore_jax.models.registry import encoder_class
 
 ST_CONFIG_NAMES = [
@@ -138,8 +139,15 @@ class Transformer(Module):
         return self.pad(ids, length or longest, len(texts))
 
     # -- forward ------------------------------------------------------------------------------
+    @property
+    def supports_packing(self) -> bool:
+        """Whether the encoder takes packed rows (several sentences per row; models/packing.py)."""
+        return bool(getattr(self.encoder_cls, "supports_packing", False))
+
     def apply(self, params, features, *, dropout_key=None, output_hidden_states=False):
         model = nnx.merge(self.graphdef, params)
+        if is_packed(features):
+            return self._apply_packed(model, features, dropout_key, output_hidden_states)
         out = model(
             features["input_ids"], features["attention_mask"], features.get("token_type_ids"),
             dropout_key=dropout_key, output_hidden_states=output_hidden_states,
@@ -148,6 +156,22 @@ class Transformer(Module):
         features["token_embeddings"] = out["last_hidden_state"]
         if output_hidden_states:
             features["all_layer_embeddings"] = out["hidden_states"]
+        return features
+
+    def _apply_packed(self, model, features, dropout_key, output_hidden_states):
+        """The forward of packed features (models/packing.py): the encoder runs on ``[S * R, L]`` packed
+        rows, and ``token_embeddings`` come back per sentence, ``[N, L, H]``, as an unpacked forward gives."""
+        if not self.supports_packing:
+            raise ValueError(f"{self.encoder_cls.__name__} does not support sequence packing; "
+                             f"train with sequence_packing=False")
+        shards = features["packed_input_ids"].shape[0]
+        ids, types, packing, key = packed_features(features, dropout_key)
+        out = model(ids, packing.segment_ids > 0, types, dropout_key=key, output_hidden_states=output_hidden_states,
+                    packing=packing)
+        features = {k: v for k, v in features.items() if not k.startswith(PACKED_PREFIX)}
+        features["token_embeddings"] = unpack_tokens(out["last_hidden_state"], shards, features)
+        if output_hidden_states:
+            features["all_layer_embeddings"] = tuple(unpack_tokens(h, shards, features) for h in out["hidden_states"])
         return features
 
     def get_embedding_dimension(self):

@@ -1,8 +1,8 @@
 """``SentenceTransformerTrainingArguments``: sentence-transformers / Hugging Face names and defaults.
 
 Everything is validated in ``__post_init__`` so a bad argument fails before any data is read or
-anything is compiled. JAX additions: ``mesh_shape`` (data, fsdp), ``fsdp_min_size``, ``length_buckets`` and
-``compute_dtype``; ``bf16`` selects bfloat16 compute with float32 master weights.
+anything is compiled. JAX additions: ``mesh_shape`` (data, fsdp), ``fsdp_min_size``, ``length_buckets``,
+``sequence_packing`` and ``compute_dtype``; ``bf16`` selects bfloat16 compute with float32 master weights.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class SentenceTransformerTrainingArguments:
     mesh_shape: dict | None = None  # e.g. {"data": 8} or {"data": 4, "fsdp": 2}; default: all devices on data
     fsdp_min_size: int = 2**14  # with an fsdp axis: arrays of fewer elements stay replicated (training/sharding.py)
     length_buckets: tuple | int | None = None  # lengths; or how many to fit to the training batches (None: 4)
+    sequence_packing: bool | None = None  # several sentences per encoder row; None: wherever the model and loss allow
     nonfinite_policy: str = "skip"  # "skip" the update and count it, or "stop"
     save_final_model: bool = True  # export output_dir/final in sentence-transformers format at the end
 
@@ -171,6 +172,9 @@ class SentenceTransformerTrainingArguments:
             elif not isinstance(lb, int) or isinstance(lb, bool) or lb < 1:
                 raise ValueError(f"length_buckets must be a tuple of token lengths or a positive number of buckets to "
                                  f"fit to the data; got {lb!r}")
+        if self.sequence_packing not in (None, True, False):
+            raise ValueError(f"sequence_packing must be True, False or None (pack wherever possible), "
+                             f"got {self.sequence_packing!r}")
         if not isinstance(self.fsdp_min_size, int) or self.fsdp_min_size < 0:
             raise ValueError(f"fsdp_min_size must be an integer >= 0 (elements), got {self.fsdp_min_size!r}")
         self.batch_sampler = _enum_or_callable(self.batch_sampler, BatchSamplers, "batch_sampler")

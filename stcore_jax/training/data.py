@@ -6,7 +6,9 @@ is checked here, before anything is compiled: column count and label against the
 texts, non-numeric and NaN labels (each error names the dataset, column and row).
 
 Batches have static shapes: ``[global_batch, bucket_length]`` per column, the same bucket for all
-columns of a batch, rows past the end of a partial batch padded and flagged in ``mask``.
+columns of a batch, rows past the end of a partial batch padded and flagged in ``mask``. With sequence
+packing (:func:`collate_packed`) the sentences of all columns sit end to end in ``[shards, rows,
+row_length]`` arrays instead (models/packing.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import warnings
 import numpy as np
 
 from stcore_jax.models.buckets import bucket_for
+from stcore_jax.models.packing import pack_shard, rows_needed
 from stcore_jax.models.router import Task
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
@@ -225,5 +228,51 @@ def collate(ds: PreparedDataset, rows, batch_size: int, length: int, pad) -> dic
     if ds.labels is not None:
         lab = np.zeros((batch_size,) + ds.labels.shape[1:], ds.labels.dtype)
         lab[: len(rows)] = ds.labels[np.asarray(rows, dtype=np.int64)]
+        batch["label"] = lab
+    return batch
+
+
+def _shard_sequences(ds: PreparedDataset, rows, shard: int, per_shard: int) -> list[dict]:
+    """The sentences of one data shard, column-major (``[C, per_shard]``; padding slots are empty)."""
+    slots = range(shard * per_shard, (shard + 1) * per_shard)
+    return [{k: v[rows[i]] for k, v in ids.items()} if i < len(rows) else {}
+            for ids in ds.token_ids for i in slots]
+
+
+def packed_rows_needed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, row_length: int) -> int:
+    """Packed rows of ``row_length`` that the fullest of the ``num_shards`` shards of this batch needs."""
+    per = batch_size // num_shards
+    return max(rows_needed([len(q.get("input_ids", ())) for q in _shard_sequences(ds, rows, s, per)], row_length)
+               for s in range(num_shards))
+
+
+def collate_packed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, shards, row_length: int,
+                   rows_per_shard: int, pad_id: int) -> dict:
+    """Rows of a global batch -> the packed batch of ``shards`` (this process's data shards, ascending).
+
+    Each shard packs its own ``C * batch_size / num_shards`` sentences (``pack_shard``), so the packed
+    arrays shard over the data axes like the rows do. Returns ``{"columns": [per column
+    {"attention_mask" [b, L], "pack_start" [b], "prompt_length" [b]?}], "packed": {"packed_*" [len(shards),
+    rows_per_shard, L]}, "mask" [b], "label" [b, ...]?}`` with ``b = len(shards) * batch_size / num_shards``.
+    """
+    if len(rows) > batch_size:
+        raise ValueError(f"collate_packed got {len(rows)} rows for a batch of {batch_size}")
+    per, ncol = batch_size // num_shards, len(ds.token_ids)
+    types = any("token_type_ids" in ids for ids in ds.token_ids)
+    parts = [pack_shard(_shard_sequences(ds, rows, s, per), row_length, rows_per_shard, pad_id, types) for s in shards]
+    packed = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k.startswith("packed_")}
+    prompts = any(pl is not None for pl in ds.prompt_lengths)
+    columns = []
+    for c in range(ncol):
+        col = {k: np.concatenate([p[k][c * per:(c + 1) * per] for p in parts]) for k in ("attention_mask", "pack_start")}
+        if prompts:  # every column gets one, so that the columns stack into one forward (0 = no prompt)
+            col["prompt_length"] = np.full((len(shards) * per,), ds.prompt_lengths[c] or 0, np.int32)
+        columns.append(col)
+    slots = np.concatenate([np.arange(s * per, (s + 1) * per) for s in shards])
+    mask = slots < len(rows)
+    batch = {"columns": columns, "packed": packed, "mask": mask}
+    if ds.labels is not None:
+        lab = np.zeros((len(slots),) + ds.labels.shape[1:], ds.labels.dtype)
+        lab[mask] = ds.labels[np.asarray([rows[i] for i in slots[mask]], dtype=np.int64)]
         batch["label"] = lab
     return batch

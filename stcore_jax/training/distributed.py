@@ -88,10 +88,14 @@ def to_global(batch, mesh, global_batch: int, *, leading_accum: bool = False, lo
     slots = local_batch_slots(mesh, global_batch)
 
     def one(x):
+        # Leaves shard over the batch axes in blocks; a leaf with one entry per data shard rather than per row
+        # (a packed batch's [shards, rows, length] arrays) maps this process's rows to its shards alike.
         x = np.asarray(x)
         if not local:
-            x = np.take(x, slots, axis=axis)
-        shape = x.shape[:axis] + (global_batch,) + x.shape[axis + 1:]
+            n = x.shape[axis]
+            x = np.take(x, np.unique(slots * n // global_batch) if n != global_batch else slots, axis=axis)
+        size = x.shape[axis] * global_batch // len(slots)
+        shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
         return jax.make_array_from_process_local_data(sharding, np.ascontiguousarray(x), shape)
 
     return jax.tree_util.tree_map(one, batch)

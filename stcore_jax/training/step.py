@@ -29,7 +29,8 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
 
     def objective(trainable, batch, key):
         out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
-                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"],
+                           packed=batch.get("packed"))
         return _total(out)
 
     def train_step(state, batch):
@@ -76,7 +77,8 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
 def make_eval_step(forward, loss, *, num_shards: int):
     def eval_step(trainable, batch):
         out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=None,
-                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"])
+                           mask=batch["mask"], num_shards=num_shards, loss_params=trainable["loss"],
+                           packed=batch.get("packed"))
         total, comps = _total(out)
         return {"loss": total, **comps}
 
