@@ -2,9 +2,11 @@
 
 For the bench/train.py data (STS-B train, batch 16, seed 42), walks the trainer's own first-epoch plan and
 counts the tokens each scheme computes on: the reference pads every column of a batch to that column's
-longest row; stcore_jax pads all columns of a batch to one bucket. Prints the ratio for the trainer's
-default (4 buckets fitted to the plan), for powers of two from 16 (the default before session 4), and for
-``fit_buckets`` with other counts and multiples.
+longest row; stcore_jax pads all columns of a batch to one bucket, or (the trainer's default since
+session 5) packs the sentences into rows of ``pack_length`` tokens, ``rows`` per step from
+``row_buckets``. Prints the ratio for packing, for length buckets (4 fitted to the plan, the default
+without packing), for powers of two from 16 (the default before session 4), and for ``fit_buckets``
+with other counts and multiples.
 
   python bench/padding.py
 """
@@ -40,11 +42,17 @@ def main():
         ds = trainer.train_prepared[plan[0][0]]
         longest = [batch_longest(ds, rows) for _, rows in plan]
         reference = sum(len(rows) * max(len(col["input_ids"][i]) for i in rows) for _, rows in plan for col in ds.token_ids)
-        schemes = {"trainer default (4 fitted)": trainer.buckets,
+        name = f"{loss}, {'all' if not limit else limit} rows"
+        if trainer.packing:
+            rows = [trainer._collate_packed(ds, [r], trainer.global_batch)["packed"]["packed_input_ids"].shape[1]
+                    for _, r in plan]
+            used = sorted(set(rows))
+            print(f"| {name} | sequence packing: rows of {trainer.pack_length}, {tuple(used)} rows per step | "
+                  f"{sum(rows) * trainer.pack_length / reference:.3f} |")
+        schemes = {"length buckets, 4 fitted": trainer.buckets,
                    "powers of two from 16": default_buckets(model.max_seq_length, smallest=16, per_octave=1)}
         for k, mult in ((2, 8), (6, 8), (4, 4), (6, 4)):
             schemes[f"fit_buckets k={k}, multiple {mult}"] = fit_buckets(longest, k, multiple=mult)
-        name = f"{loss}, {'all' if not limit else limit} rows"
         for label, buckets in schemes.items():
             ours = sum(trainer.global_batch * len(ds.token_ids) * bucket_for(n, buckets) for n in longest)
             used = sorted({bucket_for(n, buckets) for n in longest})

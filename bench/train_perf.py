@@ -138,7 +138,7 @@ def run_ours(a) -> dict:
         output_dir=os.path.join(a.workdir, "ours"), max_steps=a.steps, per_device_train_batch_size=a.batch,
         learning_rate=2e-5, warmup_ratio=0.1, save_strategy="no", logging_steps=10**9, disable_tqdm=True,
         save_final_model=False, bf16=a.bf16, seed=42, gradient_checkpointing=a.remat,
-        length_buckets=(a.seq,))
+        length_buckets=(a.seq,), sequence_packing=False)  # every row is exactly `seq` tokens: nothing to pack
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Timer()])
     prep_s = time.perf_counter() - t
     t0 = time.perf_counter()

@@ -121,10 +121,17 @@ def embed_columns(forward: Callable, params, features: Sequence[dict], dropout_k
     bf16, 2 x 256 rows of 128 tokens: two separate forward+backward passes in one program took 413 ms,
     while one pass over 512 rows took 173 ms; bench/RESULTS.md). Rows are independent and keep their own
     dropout keys, so the embeddings are those of the per-column passes.
+
+    ``packed``: the ``packed_*`` arrays of a sequence-packed batch (training/data.py ``collate_packed``), which
+    hold the tokens of every column; the columns then carry ``attention_mask`` and ``pack_start`` (and the
+    same keys each), and always run as one forward.
     """
     features = list(features)
     keys = [row_keys(dropout_key, c, jnp.arange(batch_size(f))) for c, f in enumerate(features)]
-    if stackable(features, num_shards):
+    if packed is not None and len(features) > 1 and not stackable(features, num_shards):
+        raise ValueError("a sequence-packed batch needs columns with the same feature keys and shapes "
+                         "(training/data.py collate_packed makes them so)")
+    if packed is not None or stackable(features, num_shards):
         merged = {k: _interleave([f[k] for f in features], num_shards) if getattr(v, "ndim", 0) >= 1 else v
                   for k, v in features[0].items()}
         merged.update(packed or {})

@@ -21,7 +21,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import activation, attention_dropout, call_layer, dropout, embed, fold, layer_norm, linear, merge_heads
+from stcore_jax.models.layers import (
+    activation,
+    attention_dropout,
+    call_layer,
+    dropout,
+    embed,
+    fold,
+    layer_norm,
+    linear,
+    merge_heads,
+)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float):
@@ -77,8 +87,11 @@ class ModernBertAttention(nnx.Module):
         qkv = self.Wqkv(x_btd).reshape(b, t, 3, h, d // h).transpose(2, 0, 3, 1, 4)  # [3, B, H, T, Dh]
         cos, sin = rope
         q, k, v = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2]
-        mask_btt = jnp.broadcast_to(mask_bt[:, None, :].astype(bool), (b, t, t))
-        if self.half_window is not None:
+        if mask_bt.ndim == 3:  # packed rows: Packing.attention_mask, [B, T, T]
+            mask_btt = mask_bt.astype(bool)
+        else:
+            mask_btt = jnp.broadcast_to(mask_bt[:, None, :].astype(bool), (b, t, t))
+        if self.half_window is not None:  # index distance = distance in the sequence, packed or not
             pos = jnp.arange(t)
             mask_btt = mask_btt & (jnp.abs(pos[:, None] - pos[None, :]) <= self.half_window)[None]
         out = self.Wo(merge_heads(_attention(q, k, v, mask_btt, self.rate, fold(key, 0))))
@@ -119,6 +132,8 @@ class ModernBertModel(nnx.Module):
     is the last of ``hidden_states`` (the embeddings, then each layer's output), as in transformers.
     """
 
+    supports_packing = True
+
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ValueError(f"ModernBERT: hidden_size={cfg.hidden_size} is not a multiple of "
@@ -131,9 +146,14 @@ class ModernBertModel(nnx.Module):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.thetas = (cfg.global_rope_theta, cfg.local_rope_theta)
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False,
+                 packing=None):
         t = input_ids.shape[1]
         global_rope, local_rope = (rope_tables(t, self.head_dim, theta) for theta in self.thetas)
+        if packing is not None:  # each token rotates by its position in its own sequence: [B, 1, T, Dh] tables
+            attention_mask = packing.attention_mask()
+            global_rope, local_rope = (tuple(tab[packing.position_ids][:, None] for tab in rope)
+                                       for rope in (global_rope, local_rope))
         x = self.embeddings(input_ids, fold(dropout_key, 0))
         hidden = [x]
         for i, layer in enumerate(self.layers):

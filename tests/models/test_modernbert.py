@@ -139,3 +139,37 @@ def test_dropout_keys_and_remat(mb_dirs, minilm_path, texts, tmp_path):
     np.testing.assert_allclose(np.asarray(d3), np.asarray(d1), atol=1e-6, rtol=0)
     for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def _packed(module, texts, rows):
+    from stcore_jax.models.packing import pack_shard
+
+    ids = module.tokenize_ids(texts)
+    seqs = [{k: v[i] for k, v in ids.items()} for i in range(len(texts))]
+    return {k: jnp.asarray(v[None] if k.startswith("packed_") else v)
+            for k, v in pack_shard(seqs, 64, rows, module.tokenizer.pad_token_id).items()}
+
+
+def test_packed_rows_match_sentence_transformers(mb_dirs, texts):
+    """Packed rows (rope at each token's own position, the window inside its sentence) give the reference's
+    padded embeddings."""
+    ours = SentenceTransformer(mb_dirs["st"])
+    packed = _packed(ours.input_module, texts, 4)
+    assert int((packed["packed_segment_ids"][0] > 0).sum(1).max()) > 2 * LOCAL_ATTENTION  # rows hold several
+    got = ours.forward(ours.params, packed)["sentence_embedding"]
+    np.testing.assert_allclose(got, _reference_st(mb_dirs["st"]).encode(texts), atol=ATOL, rtol=0)
+
+
+def test_packed_dropout_equals_padded_dropout(minilm_path, texts, tmp_path):
+    hf = tiny_models.build_modernbert(str(tmp_path / "drop"), str(minilm_path), local_attention=LOCAL_ATTENTION,
+                                      num_hidden_layers=2, attention_dropout=0.1, mlp_dropout=0.1,
+                                      embedding_dropout=0.1)
+    module = Transformer(hf)
+    keys = jax.random.split(jax.random.key(1), len(texts))
+    padded = {k: jnp.asarray(v) for k, v in module.tokenize(texts).items()}
+    want = np.asarray(module.apply(module.params, padded, dropout_key=keys)["token_embeddings"])
+    plain = np.asarray(module.apply(module.params, padded)["token_embeddings"])
+    real = np.asarray(padded["attention_mask"]).astype(bool)
+    assert np.abs(want - plain)[real].max() > 1e-2  # dropout is on
+    got = np.asarray(module.apply(module.params, _packed(module, texts, 4), dropout_key=keys)["token_embeddings"])
+    np.testing.assert_allclose(got[:, :want.shape[1]][real], want[real], atol=1e-6, rtol=0)

@@ -114,13 +114,16 @@ def runs(tiny_bert_dir, stsb_train, tmp_path_factory):
 
 def test_fsdp_shards_parameters_adam_state_and_batch(runs):
     trainer = runs["fsdp"]
-    # The batch is split over both axes: 8 blocks of 2 rows, one per device.
-    assert trainer.data_parallel == 8
+    # The batch is split over both axes: 8 blocks of 2 rows, one per device, and one packed shard each.
+    assert trainer.data_parallel == 8 and trainer.packing
     name, rows = trainer.epoch_plan(0)[0]
     batch = trainer._to_device(trainer._collate_step(name, [rows], trainer.global_batch), local=True)
-    ids = batch["columns"][0]["input_ids"]
-    assert ids.sharding.spec == P(("data", "fsdp"))
-    assert sorted(s.data.shape[0] for s in ids.addressable_shards) == [2] * 8
+    mask = batch["columns"][0]["attention_mask"]
+    assert mask.sharding.spec == P(("data", "fsdp"))
+    assert sorted(s.data.shape[0] for s in mask.addressable_shards) == [2] * 8
+    packed = batch["packed"]["packed_input_ids"]
+    assert packed.sharding.spec == P(("data", "fsdp")) and packed.shape[0] == 8
+    assert sorted(s.data.shape[0] for s in packed.addressable_shards) == [1] * 8
 
     # Parameters and their Adam moments are sharded over fsdp, small ones replicated.
     state = trainer._train_state
