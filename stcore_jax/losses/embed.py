@@ -3,7 +3,8 @@
 The trainer never embeds columns itself. It calls::
 
     compute_loss(loss, forward, params, features, labels, *, dropout_key=None, mask=None,
-                 num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None)
+                 num_shards=None, loss_params=None, guide_features=None, guide_params=None, key=None,
+                 packed=None)
 
 ``forward``
     ``forward(params, features_dict, dropout_key=...) -> features_dict`` (``SentenceTransformer.forward``).
@@ -24,6 +25,9 @@ The trainer never embeds columns itself. It calls::
     program's constants. The guide runs deterministically (no dropout) and without gradient.
 ``key``
     The key for losses that sample (``loss.needs_key``); ``None`` derives one from ``dropout_key``.
+``packed``
+    The ``packed_*`` arrays of a sequence-packed batch (models/packing.py), or ``None``. Only losses that
+    :func:`supports_packing` take one.
 
 Returns what ``compute_loss_from_embeddings`` returns: a float32 scalar or a dict of them.
 

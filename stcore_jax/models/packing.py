@@ -53,12 +53,8 @@ def first_fit_decreasing(lengths, row_length: int) -> tuple[np.ndarray, np.ndarr
     return row, offset, len(used)
 
 
-def rows_needed(lengths, row_length: int) -> int:
-    return first_fit_decreasing(lengths, row_length)[2]
-
-
 def pack_shard(sequences: list[dict], row_length: int, rows: int, pad_id: int,
-               token_types: bool | None = None) -> dict[str, np.ndarray]:
+               token_types: bool | None = None, placement=None) -> dict[str, np.ndarray]:
     """One shard's sentences -> its packed arrays.
 
     Args:
@@ -67,11 +63,12 @@ def pack_shard(sequences: list[dict], row_length: int, rows: int, pad_id: int,
       pad_id: the tokenizer's padding id.
       token_types: whether to return ``packed_token_type_ids`` (default: if any sentence has them); give it
         when shards must agree on their keys (a shard of padding rows has no sentence to tell).
+      placement: ``first_fit_decreasing``'s result for these sequences, if already computed.
     Returns ``{"packed_input_ids", "packed_position_ids", "packed_segment_ids", ["packed_token_type_ids"]}``
     each ``[rows, row_length]``, plus ``"pack_start"`` ``[n]`` and ``"attention_mask"`` ``[n, row_length]``.
     """
     lengths = [len(s.get("input_ids", ())) for s in sequences]
-    row, offset, used = first_fit_decreasing(lengths, row_length)
+    row, offset, used = placement if placement is not None else first_fit_decreasing(lengths, row_length)
     if used > rows:
         raise ValueError(f"the batch needs {used} packed rows of {row_length} tokens, but the shape has {rows}")
     ids = np.full((rows, row_length), pad_id, np.int32)

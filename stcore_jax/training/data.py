@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from stcore_jax.models.buckets import bucket_for
-from stcore_jax.models.packing import pack_shard, rows_needed
+from stcore_jax.models.packing import first_fit_decreasing, pack_shard
 from stcore_jax.models.router import Task
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
@@ -239,19 +239,28 @@ def _shard_sequences(ds: PreparedDataset, rows, shard: int, per_shard: int) -> l
             for ids in ds.token_ids for i in slots]
 
 
-def packed_rows_needed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, row_length: int) -> int:
-    """Packed rows of ``row_length`` that the fullest of the ``num_shards`` shards of this batch needs."""
+def pack_plan(ds: PreparedDataset, rows, batch_size: int, num_shards: int, row_length: int) -> list[tuple]:
+    """Per data shard of a batch: ``(its sentences, first_fit_decreasing placement)``. Every shard's, also
+    on a process that feeds only some: all must agree on the packed shape."""
     per = batch_size // num_shards
-    return max(rows_needed([len(q.get("input_ids", ())) for q in _shard_sequences(ds, rows, s, per)], row_length)
-               for s in range(num_shards))
+    plan = []
+    for s in range(num_shards):
+        seqs = _shard_sequences(ds, rows, s, per)
+        plan.append((seqs, first_fit_decreasing([len(q.get("input_ids", ())) for q in seqs], row_length)))
+    return plan
+
+
+def packed_rows_needed(plan) -> int:
+    """Packed rows that the fullest shard of a :func:`pack_plan` needs."""
+    return max(placement[2] for _, placement in plan)
 
 
 def collate_packed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, shards, row_length: int,
-                   rows_per_shard: int, pad_id: int) -> dict:
+                   rows_per_shard: int, pad_id: int, plan=None) -> dict:
     """Rows of a global batch -> the packed batch of ``shards`` (this process's data shards, ascending).
 
     Each shard packs its own ``C * batch_size / num_shards`` sentences (``pack_shard``), so the packed
-    arrays shard over the data axes like the rows do. Returns ``{"columns": [per column
+    arrays shard over the data axes like the rows do. ``plan``: the batch's :func:`pack_plan`, if at hand. Returns ``{"columns": [per column
     {"attention_mask" [b, L], "pack_start" [b], "prompt_length" [b]?}], "packed": {"packed_*" [len(shards),
     rows_per_shard, L]}, "mask" [b], "label" [b, ...]?}`` with ``b = len(shards) * batch_size / num_shards``.
     """
@@ -259,7 +268,9 @@ def collate_packed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, 
         raise ValueError(f"collate_packed got {len(rows)} rows for a batch of {batch_size}")
     per, ncol = batch_size // num_shards, len(ds.token_ids)
     types = any("token_type_ids" in ids for ids in ds.token_ids)
-    parts = [pack_shard(_shard_sequences(ds, rows, s, per), row_length, rows_per_shard, pad_id, types) for s in shards]
+    if plan is None:
+        plan = {s: (_shard_sequences(ds, rows, s, per), None) for s in shards}
+    parts = [pack_shard(plan[s][0], row_length, rows_per_shard, pad_id, types, plan[s][1]) for s in shards]
     packed = {k: np.stack([p[k] for p in parts]) for k in parts[0] if k.startswith("packed_")}
     prompts = any(pl is not None for pl in ds.prompt_lengths)
     columns = []

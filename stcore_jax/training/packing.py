@@ -9,7 +9,7 @@ every resume agree.
 from __future__ import annotations
 
 from stcore_jax.models.buckets import fit_buckets, round_up
-from stcore_jax.training.data import packed_rows_needed
+from stcore_jax.training.data import pack_plan, packed_rows_needed
 
 ROW_LENGTHS = (64, 128, 256, 512)  # candidate row lengths beside the longest sentence rounded up to 8
 SAMPLE_STEPS = 256  # steps of the plan that choose the row length
@@ -33,7 +33,8 @@ def choose_row_length(steps, longest: int, hidden_size: int, batch_size: int, nu
     sample = steps[:SAMPLE_STEPS]
 
     def cost(length):
-        rows = sum(packed_rows_needed(ds, r, batch_size, num_shards, length) for ds, micro in sample for r in micro)
+        rows = sum(packed_rows_needed(pack_plan(ds, r, batch_size, num_shards, length))
+                   for ds, micro in sample for r in micro)
         return rows * length * relative_cost(length, hidden_size)
 
     return min(candidates, key=cost)
@@ -43,7 +44,8 @@ def fit_row_buckets(steps, row_length: int, batch_size: int, num_shards: int, k:
     """``k`` rows-per-shard buckets fitted to what every step of ``steps`` needs (its fullest shard and
     micro-batch), then a quarter more and ``most`` (every sentence alone in a row) for later epochs,
     whose batches differ."""
-    needs = [max(packed_rows_needed(ds, r, batch_size, num_shards, row_length) for r in micro) for ds, micro in steps]
+    needs = [max(packed_rows_needed(pack_plan(ds, r, batch_size, num_shards, row_length)) for r in micro)
+             for ds, micro in steps]
     fitted = fit_buckets(needs or [most], k, multiple=1)
     extra = min(fitted[-1] + max(1, fitted[-1] // 4), most)
     return tuple(sorted(set(fitted) | {extra, most}))

@@ -41,6 +41,7 @@ from stcore_jax.training.data import (
     batch_longest,
     collate,
     collate_packed,
+    pack_plan,
     packed_rows_needed,
     prepare_dataset,
 )
@@ -360,11 +361,11 @@ class SentenceTransformerTrainer:
         shards = self.data_parallel
         slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else np.arange(batch_size)
         local_shards = sorted({int(s) // (batch_size // shards) for s in slots})
-        need = max(packed_rows_needed(ds, rows, batch_size, shards, self.pack_length) for rows in micro_batches)
-        rows = bucket_for(need, self.row_buckets)
+        plans = [pack_plan(ds, r, batch_size, shards, self.pack_length) for r in micro_batches]
+        rows = bucket_for(max(packed_rows_needed(p) for p in plans), self.row_buckets)
         pad = self.model.input_module.tokenizer.pad_token_id or 0
-        parts = [collate_packed(ds, r, batch_size, shards, local_shards, self.pack_length, rows, pad)
-                 for r in micro_batches]
+        parts = [collate_packed(ds, r, batch_size, shards, local_shards, self.pack_length, rows, pad, plan)
+                 for r, plan in zip(micro_batches, plans)]
         if len(parts) == 1:
             return parts[0]
         return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
