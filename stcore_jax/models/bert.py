@@ -112,8 +112,8 @@ class BertModel(nnx.Module):
         input_ids: [B, T] int32; attention_mask: [B, T] (1 = token, 0 = padding);
         token_type_ids: [B, T] or None; dropout_key: PRNG key or None (deterministic);
         output_hidden_states: also return every layer's output (embeddings first);
-        packing: a :class:`stcore_jax.models.layers.Packing` when rows hold several sequences (their
-        own positions, attention kept inside each; ``attention_mask`` is then ignored).
+        packing: a :class:`stcore_jax.models.layers.Packing` when rows hold several sequences: tokens take
+        their positions from it, and ``attention_mask`` is then ``Packing.attention_mask()``, [B, T, T].
     Returns a dict with ``last_hidden_state`` [B, T, H] (compute dtype) and optionally
     ``hidden_states`` (a tuple of num_layers + 1 arrays [B, T, H]).
     """
@@ -140,8 +140,6 @@ class BertModel(nnx.Module):
                  packing=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if packing is not None:
-            attention_mask = packing.attention_mask()
         x = self.embeddings(input_ids, self.position_ids(input_ids, packing), token_type_ids, fold(dropout_key, 0))
         hidden = [x]
         for i, layer in enumerate(self.encoder.layer):

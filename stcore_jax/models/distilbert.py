@@ -79,8 +79,6 @@ class DistilBertModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None, output_hidden_states=False,
                  packing=None):
-        if packing is not None:
-            attention_mask = packing.attention_mask()
         x = self.embeddings(input_ids, fold(dropout_key, 0), None if packing is None else packing.position_ids)
         hidden = [x]
         for i, layer in enumerate(self.transformer.layer):

@@ -151,7 +151,6 @@ class ModernBertModel(nnx.Module):
         t = input_ids.shape[1]
         global_rope, local_rope = (rope_tables(t, self.head_dim, theta) for theta in self.thetas)
         if packing is not None:  # each token rotates by its position in its own sequence: [B, 1, T, Dh] tables
-            attention_mask = packing.attention_mask()
             global_rope, local_rope = (tuple(tab[packing.position_ids][:, None] for tab in rope)
                                        for rope in (global_rope, local_rope))
         x = self.embeddings(input_ids, fold(dropout_key, 0))

@@ -106,7 +106,6 @@ class MPNetModel(nnx.Module):
             position_ids = jnp.cumsum(real, axis=1) * real + self.pad_token_id
         else:  # the relative bias below depends on index differences only, which packing keeps within a sequence
             position_ids = packing.position_ids + self.pad_token_id + 1
-            attention_mask = packing.attention_mask()
         x = self.embeddings(input_ids, position_ids, None, fold(dropout_key, 0))
         bias = self.encoder.position_bias(input_ids.shape[1])
         hidden = [x]

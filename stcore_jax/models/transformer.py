@@ -166,7 +166,7 @@ class Transformer(Module):
                              f"train with sequence_packing=False")
         shards = features["packed_input_ids"].shape[0]
         ids, types, packing, key = packed_features(features, dropout_key)
-        out = model(ids, packing.segment_ids > 0, types, dropout_key=key, output_hidden_states=output_hidden_states,
+        out = model(ids, packing.attention_mask(), types, dropout_key=key, output_hidden_states=output_hidden_states,
                     packing=packing)
         features = {k: v for k, v in features.items() if not k.startswith(PACKED_PREFIX)}
         features["token_embeddings"] = unpack_tokens(out["last_hidden_state"], shards, features)

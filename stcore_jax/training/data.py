@@ -260,9 +260,10 @@ def collate_packed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, 
     """Rows of a global batch -> the packed batch of ``shards`` (this process's data shards, ascending).
 
     Each shard packs its own ``C * batch_size / num_shards`` sentences (``pack_shard``), so the packed
-    arrays shard over the data axes like the rows do. ``plan``: the batch's :func:`pack_plan`, if at hand. Returns ``{"columns": [per column
-    {"attention_mask" [b, L], "pack_start" [b], "prompt_length" [b]?}], "packed": {"packed_*" [len(shards),
-    rows_per_shard, L]}, "mask" [b], "label" [b, ...]?}`` with ``b = len(shards) * batch_size / num_shards``.
+    arrays shard over the data axes like the rows do. ``plan``: the batch's :func:`pack_plan`, if at hand.
+    Returns ``{"columns": [per column {"attention_mask" [b, L], "pack_start" [b], "prompt_length" [b]?}],
+    "packed": {"packed_*" [len(shards), rows_per_shard, L]}, "mask" [b], "label" [b, ...]?}`` with
+    ``b = len(shards) * batch_size / num_shards``.
     """
     if len(rows) > batch_size:
         raise ValueError(f"collate_packed got {len(rows)} rows for a batch of {batch_size}")

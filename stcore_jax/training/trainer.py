@@ -69,6 +69,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_FITTED_BUCKETS = 4  # length buckets fitted to the training batches when length_buckets is None
 
 
+def _stack_micro_batches(parts):
+    """One collated micro-batch as is; several stacked on a leading axis (gradient accumulation)."""
+    return parts[0] if len(parts) == 1 else jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+
+
 def _as_dataset_dict(ds, what, allow_streams=False):
     """``(dict name -> dataset, is_dict)``; a single dataset becomes ``{"train"|"eval": ds}``. With
     ``allow_streams`` (training data) the datasets may be IterableDatasets: all of a dict's, or none."""
@@ -352,9 +357,7 @@ class SentenceTransformerTrainer:
         slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else None
         parts = [collate(ds, rows, batch_size, length, pad) if slots is None else
                  collate(ds, local_rows(rows, slots), len(slots), length, pad) for rows in micro_batches]
-        if len(parts) == 1:
-            return parts[0]
-        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+        return _stack_micro_batches(parts)
 
     def _collate_packed(self, ds, micro_batches, batch_size):
         """A packed step (training/data.py ``collate_packed``): this process's data shards only."""
@@ -366,9 +369,7 @@ class SentenceTransformerTrainer:
         pad = self.model.input_module.tokenizer.pad_token_id or 0
         parts = [collate_packed(ds, r, batch_size, shards, local_shards, self.pack_length, rows, pad, plan)
                  for r, plan in zip(micro_batches, plans)]
-        if len(parts) == 1:
-            return parts[0]
-        return jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
+        return _stack_micro_batches(parts)
 
     # -- state ---------------------------------------------------------------------------------
     def _init_state(self, total_steps):
