@@ -1,4 +1,6 @@
-"""Sequence packing in the trainer: when it is on, that it changes nothing but speed, its shapes."""
+"""Sequence packing in the trainer: when it is on, that one step changes nothing but speed, its shapes.
+Whole packed runs against padded ones (losses, gradients, Adam moments, weights) are in
+test_trainer_equalities.py."""
 
 import jax
 import numpy as np
@@ -67,29 +69,3 @@ def test_packed_step_loss_and_gradient_equal_padded(tiny_bert_dir, pairs, tmp_pa
     np.testing.assert_allclose(lp, lq, rtol=1e-5)
     for a, b in zip(_leaves(gp), _leaves(gq)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_packed_training_equals_padded_training(tiny_bert_dir, pairs, tmp_path):
-    """A few MNRL steps with packing and with padding to the packed row length end at the same weights;
-    the packed run compiles once per rows bucket it uses."""
-    data = Dataset.from_dict({"anchor": pairs["sentence1"][:64], "positive": pairs["sentence2"][:64]})
-    results, trainers = [], []
-    for packing in (True, False):
-        model = SentenceTransformer(tiny_bert_dir)
-        args = _args(tmp_path / str(packing), sequence_packing=packing, max_steps=4, learning_rate=1e-4,
-                     warmup_steps=1)
-        if not packing:
-            args.length_buckets = (trainers[0].pack_length,)
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                             loss=MultipleNegativesRankingLoss(model))
-        trainer.train()
-        results.append(_leaves(model.params))
-        trainers.append(trainer)
-    packed = trainers[0]
-    used = {packed._collate_packed(packed.train_prepared[n], [r], packed.global_batch)["packed"]
-            ["packed_input_ids"].shape[1] for n, r in packed.epoch_plan(0)[:4]}
-    assert packed.compile_count[0] == len(used)
-    moved = max(np.abs(a - b).max() for a, b in zip(results[0], _leaves(SentenceTransformer(tiny_bert_dir).params)))
-    assert moved > 1e-4
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
