@@ -58,9 +58,10 @@ def jax_value_and_grads(fn, arrays):
 
 
 def assert_parity(ref_fn, jax_fn, arrays, tol=TOL):
-    """Loss values and gradients w.r.t. every input array agree within ``tol`` (abs and rel)."""
-    ref_value, ref_grads = torch_value_and_grads(ref_fn, arrays)
+    """Loss values and gradients w.r.t. every input array agree within ``tol`` (abs and rel). JAX runs first, so a
+    test can replay random draws recorded from the (jitted) JAX run to the reference."""
     value, grads = jax_value_and_grads(jax_fn, arrays)
+    ref_value, ref_grads = torch_value_and_grads(ref_fn, arrays)
     np.testing.assert_allclose(value, ref_value, rtol=tol, atol=tol, err_msg="loss value")
     for i, (g, rg) in enumerate(zip(grads, ref_grads)):
         np.testing.assert_allclose(g, rg, rtol=tol, atol=tol, err_msg=f"gradient of input {i}")

@@ -54,7 +54,7 @@ INNER = {
 }
 
 
-@pytest.mark.parametrize("inner", ["mnrl", "mse"])  # CoSENT inside Matryoshka: see the key test
+@pytest.mark.parametrize("inner", ["mnrl", "mse", "cosent"])  # MatryoshkaLoss(CoSENTLoss): the usual STS recipe
 def test_matryoshka(inner):
     ref_inner, our_inner, n, labels = INNER[inner]
     stub = StubModel()
@@ -71,18 +71,22 @@ def test_matryoshka(inner):
     assert_parity(reference_fn, lambda e: ours(e, jl), columns(52, n))
 
 
-def test_matryoshka_n_dims_per_step(monkeypatch):
+@pytest.mark.parametrize("inner", ["mnrl", "cosent"])
+def test_matryoshka_n_dims_per_step(monkeypatch, inner):
+    ref_inner, our_inner, n, labels = INNER[inner]
     stub = StubModel()
-    dims = [16, 8, 4, 2]
-    reference = ref.MatryoshkaLoss(stub, ref.MultipleNegativesRankingLoss(stub), dims, n_dims_per_step=2)
-    ours = L.MatryoshkaLoss(None, L.MultipleNegativesRankingLoss(None), dims, n_dims_per_step=2)
+    dims, weights = [16, 8, 4, 2], [1.0, 0.8, 0.6, 0.4]
+    reference = ref.MatryoshkaLoss(stub, ref_inner(stub), dims, matryoshka_weights=weights, n_dims_per_step=2)
+    ours = L.MatryoshkaLoss(None, our_inner(), dims, matryoshka_weights=weights, n_dims_per_step=2)
     monkeypatch.setattr(random, "sample", lambda population, k: [3, 1][:k])  # the reference's draw
+    tl = None if labels is None else torch.tensor(labels)
+    jl = None if labels is None else jnp.asarray(labels)
 
     def reference_fn(leaves):
         stub.outputs = leaves
-        return reference(_features(2), None)
+        return reference(_features(n), tl)
 
-    assert_parity(reference_fn, lambda e: ours(e, None, dim_indices=(1, 3)), columns(53, 2))
+    assert_parity(reference_fn, lambda e: ours(e, jl, dim_indices=(1, 3)), columns(53, n))
 
 
 def test_matryoshka_key_is_a_traced_choice():
@@ -179,9 +183,45 @@ def test_matryoshka_2d(monkeypatch, tiny_st):
     assert_parity(_run_reference_layerwise(monkeypatch, tiny_st, reference, 2, None), ours_fn, arrays)
 
 
+def test_matryoshka_2d_key(monkeypatch, tiny_st):
+    """The keyed Matryoshka2dLoss(CoSENTLoss) (jitted, traced draws: 2 of the 3 prior layers, then 1 of the 3
+    dims for each of the 3 wrapped-loss calls, final layer first) against the reference given the same draws,
+    recorded from the jitted run and replayed to the reference's random.sample in its call order."""
+    kwargs = dict(matryoshka_weights=[1.0, 0.6, 0.3], n_layers_per_step=2, n_dims_per_step=1, kl_temperature=0.5,
+                  layer_weighting="log")
+    reference = ref.Matryoshka2dLoss(tiny_st, ref.CoSENTLoss(tiny_st), [8, 16, 4], **kwargs)
+    ours = L.Matryoshka2dLoss(None, L.CoSENTLoss(None), [8, 16, 4], **kwargs)
+    assert ours.needs_key
+    labels = _pair_labels()
+    key = jax.random.key(8)  # draws layers [2, 1], dims [2], [0], [0]
+    kinds, draws = [], {}  # in trace order: which sampler; slot -> the draw, written when the jitted code runs
+
+    def recorder(kind, sample_indices):
+        def record(k, population, size):
+            chosen, slot = sample_indices(k, population, size), len(kinds)
+            kinds.append(kind)
+            jax.debug.callback(lambda c: draws.__setitem__(slot, [int(i) for i in c]), chosen)
+            return chosen
+        return record
+
+    monkeypatch.setattr(L.adaptive_layer, "sample_indices", recorder("layers", L.adaptive_layer.sample_indices))
+    monkeypatch.setattr(L.matryoshka, "sample_indices", recorder("dims", L.matryoshka.sample_indices))
+    # The reference draws the final layer's dims, then the layers, then each layer's dims.
+    replay = iter([1, 0, 2, 3])
+    monkeypatch.setattr(random, "sample", lambda population, k: list(draws[next(replay)]))
+
+    def ours_fn(flat):
+        return ours([flat[layer * 2:(layer + 1) * 2] for layer in range(LAYERS)], jnp.asarray(labels), key=key)
+
+    arrays = [a for layer in _layer_arrays(90, 2) for a in layer]
+    assert_parity(_run_reference_layerwise(monkeypatch, tiny_st, reference, 2, torch.tensor(labels)), ours_fn, arrays)
+    assert kinds == ["layers", "dims", "dims", "dims"] and len(draws) == 4
+    assert len({tuple(draws[s]) for s in (1, 2, 3)}) > 1  # each wrapped-loss call draws its own dims
+
+
 def test_layerwise_key_paths():
-    """With a key the layer (and, for 2D, dim) draws are traced under jit; the result equals the
-    explicit-indices computation for the same draws."""
+    """With a key the layer draws are traced under jit; the result equals the explicit-indices computation for
+    the same draws (Matryoshka2dLoss's keyed path: test_matryoshka_2d_key)."""
     layers = [[jnp.asarray(a) for a in row] for row in _layer_arrays(80, 2)]
     labels = jnp.asarray(_pair_labels())
     adaptive = L.AdaptiveLayerLoss(None, L.CosineSimilarityLoss(None), n_layers_per_step=2)
@@ -190,8 +230,3 @@ def test_layerwise_key_paths():
     chosen = [int(i) for i in L.matryoshka.sample_indices(layer_key, LAYERS - 1, 2)]
     value = jax.jit(lambda e, k: adaptive(e, labels, key=k))(layers, key)
     np.testing.assert_allclose(value, adaptive(layers, labels, layer_indices=chosen), rtol=1e-6)
-
-    two_d = L.Matryoshka2dLoss(None, L.CosineSimilarityLoss(None), [16, 8])
-    assert two_d.needs_key
-    value = jax.jit(lambda e, k: two_d(e, labels, key=k))(layers, key)
-    assert np.isfinite(float(value))

@@ -1,5 +1,6 @@
-"""LoRA adapters: counts, PEFT-style init and targeting, B=0 is the base model, training moves only the
-adapters, and the merged export loads in PyTorch sentence-transformers as a plain model."""
+"""LoRA adapters: counts, PEFT-style init and targeting, the adapted forward against PEFT (lora_alpha / r and
+rsLoRA's lora_alpha / sqrt(r)), B=0 is the base model, training moves only the adapters, and the merged export
+loads in PyTorch sentence-transformers as a plain model."""
 
 import jax
 import numpy as np
@@ -100,6 +101,47 @@ def test_zero_b_is_the_base_model_and_export_is_merged(bert_dirs, sentences, tmp
     model.merge_and_unload()
     assert model.adapters is None and "lora" not in model.params
     np.testing.assert_allclose(model.encode(sentences), adapted, atol=ATOL, rtol=0)
+
+
+PEFT_TARGETS = ["query", "value", "intermediate.dense", "output.dense"]  # [D, D], [D, 2D] and [2D, D] Linears
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_scale_matches_peft(bert_dirs, sentences, use_rslora):
+    """The same nonzero A, B in PEFT and here give the same encodings, so the adapted weight is W + scale * B A
+    with PEFT's scale (lora_alpha / r = 3, or lora_alpha / sqrt(r) = 6 with rsLoRA). Control: PEFT under the
+    other scale is far from ours."""
+    import peft  # the `test` extra
+    import torch
+
+    alpha = 12
+    other_scale = alpha / R if use_rslora else alpha / np.sqrt(R)
+    ref = RefST(bert_dirs["plain"], device="cpu")
+    base = ref.encode(sentences)
+    # PEFT's own injection (sentence-transformers' add_adapter goes through transformers, which wants peft >= 0.22).
+    peft.inject_adapter_in_model(peft.LoraConfig(r=R, lora_alpha=alpha, target_modules=PEFT_TARGETS,
+                                                 use_rslora=use_rslora), ref[0].auto_model)
+    layers = {n: m for n, m in ref[0].auto_model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+    model = SentenceTransformer(bert_dirs["plain"])
+    model.add_adapter(LoraConfig(r=R, lora_alpha=alpha, target_modules=PEFT_TARGETS, use_rslora=use_rslora,
+                                 init_lora_weights=False), seed=3)
+    adapters = model.adapters["0"]
+    assert _adapter_paths(adapters) == sorted(layers)  # same targeting rules: 4 Linears in each layer
+    with torch.no_grad():
+        for name, layer in layers.items():
+            pair = adapters
+            for k in name.split("."):
+                pair = pair[int(k) if k.isdigit() else k]
+            layer.lora_A["default"].weight.copy_(torch.tensor(np.asarray(pair["lora_A"]).T))  # [r, in]
+            layer.lora_B["default"].weight.copy_(torch.tensor(np.asarray(pair["lora_B"]).T))  # [out, r]
+    expected = ref.encode(sentences)
+    ours = model.encode(sentences)
+    assert np.abs(expected - base).max() > 0.1  # the adapter matters
+    np.testing.assert_allclose(ours, expected, atol=ATOL, rtol=0)
+
+    for layer in layers.values():  # control: the same A, B under the other scale
+        layer.scaling["default"] = other_scale
+    assert np.abs(ref.encode(sentences) - ours).max() > 0.1
 
 
 def _mnrl(model, anchors, positives):
