@@ -95,19 +95,28 @@ def _base_optimizer(args, schedule):
                        weight_decay=args.weight_decay, mask=decay_mask)
 
 
-def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_grad_norm(max_norm: float, subtree: str | None = None) -> optax.GradientTransformation:
     """Scale all gradients by ``min(1, max_norm / (global_norm + 1e-6))``: the rule of
     ``torch.nn.utils.clip_grad_norm_``, which the Hugging Face Trainer applies.
+
+    ``subtree``: clip only ``updates[subtree]`` (norm and scaling), passing the rest through. The trainer clips
+    ``"model"``: the Hugging Face Trainer clips ``model.parameters()``, so a loss's own parameters (SoftmaxLoss's
+    classifier) are neither counted in the norm nor clipped.
 
     One scalar coefficient times each gradient, where ``optax.clip_by_global_norm`` divides every element by
     the norm: XLA then fuses the cheap multiply into each of Adam's moment updates instead of writing a
     scaled copy of the gradients first (on CPU that copy cost about as much as the Adam update itself).
     """
 
+    def clip(tree):
+        coef = jnp.minimum(max_norm / (optax.tree.norm(tree) + 1e-6), 1.0)
+        return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), tree)
+
     def update(updates, state, params=None):
         del params
-        coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + 1e-6), 1.0)
-        return jax.tree_util.tree_map(lambda g: g * coef.astype(g.dtype), updates), state
+        if subtree is None:
+            return clip(updates), state
+        return {**updates, subtree: clip(updates[subtree])}, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
@@ -116,7 +125,7 @@ def make_optimizer(args, trainable, total_steps: int):
     """Clip by global norm, then AdamW with the schedule; ``learning_rate_mapping`` regexes give
     matching parameters their own peak lr (``optax.multi_transform``). Returns ``(tx, schedule)``."""
     schedule = make_schedule(args, total_steps)
-    clip = [clip_grad_norm(args.max_grad_norm)] if args.max_grad_norm and args.max_grad_norm > 0 else []
+    clip = [clip_grad_norm(args.max_grad_norm, "model")] if args.max_grad_norm and args.max_grad_norm > 0 else []
     mapping = args.learning_rate_mapping or {}
     if not mapping:
         return optax.chain(*clip, _base_optimizer(args, schedule)), schedule

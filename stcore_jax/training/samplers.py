@@ -43,9 +43,16 @@ class DefaultBatchSampler:
 class NoDuplicatesBatchSampler(DefaultBatchSampler):
     """No text value appears twice in a batch, across all input columns (for in-batch negatives).
 
-    Greedy over a shuffled order: a row whose texts collide with the current batch waits for a later
-    batch. ``rows`` gives each row's values (all non-label columns).
+    The reference's rule (sentence-transformers 6.2 ``NoDuplicatesBatchSampler``): a pass over a shuffled
+    order fills each batch greedily, a row whose texts collide with the batch waiting for a later one. When
+    the rows left cannot fill a batch, the partial batch is yielded (or, with ``drop_last``, dropped) and the
+    pass goes on with the rest. So without ``drop_last`` every row is used exactly once per epoch. With
+    ``drop_last`` a pass can yield fewer than ``len(self)`` batches; then up to 2 more passes over new shuffles
+    add batches until there are ``len(self)`` (their rows repeat rows of the epoch). ``rows`` gives each
+    row's values (all non-label columns).
     """
+
+    MAX_RESAMPLE_PASSES = 2  # the reference's _MAX_RESAMPLE_PASSES
 
     def __init__(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0, rows=None):
         super().__init__(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
@@ -54,9 +61,9 @@ class NoDuplicatesBatchSampler(DefaultBatchSampler):
             rows = list(zip(*(dataset[c] for c in cols)))
         self.rows = [frozenset(map(str, r)) for r in rows]
 
-    def __iter__(self):
-        remaining = _rng(self.seed, self.epoch).permutation(self.n).tolist()
-        batches = []
+    def _one_pass(self, order: list[int]) -> list[list[int]]:
+        """The batches of one greedy pass over ``order`` (row indices)."""
+        remaining, batches = order, []
         while remaining:
             batch, seen, rest = [], set(), []
             for i in remaining:
@@ -65,10 +72,21 @@ class NoDuplicatesBatchSampler(DefaultBatchSampler):
                     seen |= self.rows[i]
                 else:
                     rest.append(i)
-            if self.drop_last and len(batch) < self.batch_size:
-                break
-            batches.append(batch)
+            if len(batch) == self.batch_size or not self.drop_last:
+                batches.append(batch)
             remaining = rest
+        return batches
+
+    def __iter__(self):
+        if self.n == 0:
+            return iter([])
+        rng = _rng(self.seed, self.epoch)
+        batches = self._one_pass(rng.permutation(self.n).tolist())
+        want = len(self)
+        for _ in range(self.MAX_RESAMPLE_PASSES if batches and len(batches) < want else 0):
+            batches += self._one_pass(rng.permutation(self.n).tolist())[: want - len(batches)]
+            if len(batches) >= want:
+                break
         return iter(batches)
 
 
@@ -90,6 +108,10 @@ class GroupByLabelBatchSampler(DefaultBatchSampler):
         self.groups = {k: v for k, v in groups.items() if len(v) >= 2}
         if len(self.groups) < 2:
             raise ValueError("GROUP_BY_LABEL needs at least 2 labels with >= 2 samples each")
+        # Rows per epoch: the round-robin stops when one label is left, i.e. after the second-largest
+        # label's pairs (the reference's _stream_length).
+        pairs = sorted((len(v) // 2 for v in self.groups.values()), reverse=True)
+        self.stream_length = 2 * sum(min(p, pairs[1]) for p in pairs)
 
     def __iter__(self):
         rng = _rng(self.seed, self.epoch)
@@ -110,6 +132,10 @@ class GroupByLabelBatchSampler(DefaultBatchSampler):
         if not self.drop_last and len(batch) >= 4:
             batches.append(batch)
         return iter(batches)
+
+    def __len__(self):
+        n = self.stream_length // self.batch_size
+        return n + int(not self.drop_last and self.stream_length % self.batch_size >= 4)
 
 
 def epoch_batches(sampler, epoch: int) -> list[list[int]]:
