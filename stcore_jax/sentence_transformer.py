@@ -26,7 +26,8 @@ from stcore_jax.models.lora import LORA_KEY, LoraAdapterMixin
 from stcore_jax.models.buckets import bucket_for, default_buckets, round_up
 from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.router import Router, with_task
-from stcore_jax.models.transformer import Transformer
+from stcore_jax.models.config import EncoderConfig
+from stcore_jax.models.transformer import Transformer, position_limit
 from stcore_jax.similarity import SimilarityFunction, normalize as l2_normalize
 from stcore_jax.util.quantization import PRECISIONS, quantize_embeddings
 
@@ -34,6 +35,17 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("sentence_embedding", "token_embeddings", None)
 _MAX_IN_FLIGHT = 4  # encode batches dispatched ahead of the one being fetched
+
+
+def _check_truncate_dim(value, where="truncate_dim"):
+    """``value`` if None or a positive int; a negative one would drop dimensions from the end (``emb[:, :-1]``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"{where} must be a positive integer (the dimensions to keep) or None, got {value!r}")
+    return value
+
+
+# encode keywords of the reference that have no effect here (its multi-process pool): accepted, ignored.
+_IGNORED_ENCODE_KWARGS = ("pool", "chunk_size")
 
 
 def _legacy_task_inputs(rows):
@@ -85,9 +97,10 @@ class SentenceTransformer(LoraAdapterMixin):
             raise ValueError(f"default_prompt_name={self.default_prompt_name!r} is not in prompts {sorted(self.prompts)}")
         fn = similarity_fn_name if similarity_fn_name is not None else st_cfg.get("similarity_fn_name")
         self._similarity_fn_name = SimilarityFunction(fn).value if fn is not None else None
-        self.truncate_dim = truncate_dim if truncate_dim is not None else st_cfg.get("truncate_dim")
+        self.truncate_dim = _check_truncate_dim(truncate_dim if truncate_dim is not None
+                                                else st_cfg.get("truncate_dim"))
         self.model_card_data = model_card_data
-        self.length_buckets = tuple(length_buckets) if length_buckets else None
+        self.length_buckets = self.check_padding_lengths(length_buckets) if length_buckets else None
         self.trace_count = 0  # incremented each time the encode forward is traced (i.e. compiled)
         self._jit_cache = {}
         self._placed = None
@@ -120,7 +133,21 @@ class SentenceTransformer(LoraAdapterMixin):
 
     @max_seq_length.setter
     def max_seq_length(self, value: int):
-        self.input_module.max_seq_length = int(value)
+        self.input_module.max_seq_length = value  # the module checks it (type, position table)
+
+    def check_padding_lengths(self, lengths, where="length_buckets") -> tuple[int, ...]:
+        """``lengths`` (padding lengths, tokens) as a tuple, or a ValueError naming ``where``: positive ints, none
+        past the input module's position table (padding there embeds to NaN, and NaN keys spoil every row)."""
+        lengths = tuple(lengths)
+        if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in lengths):
+            raise ValueError(f"{where} must be positive token lengths, got {lengths!r}")
+        config = getattr(self.input_module, "config", None)  # a Transformer's; Router, StaticEmbedding: no table
+        limit = position_limit(config) if isinstance(config, EncoderConfig) else None
+        if limit is not None and lengths and max(lengths) > limit:
+            raise ValueError(f"{where}={lengths!r}: {max(lengths)} exceeds the {limit} positions this "
+                             f"{config.model_type} model has; pad to at most {limit} (max_seq_length is "
+                             f"{self.max_seq_length})")
+        return lengths
 
     @property
     def params(self) -> dict:
@@ -213,7 +240,7 @@ class SentenceTransformer(LoraAdapterMixin):
 
     @contextmanager
     def truncate_embeddings(self, truncate_dim):
-        old, self.truncate_dim = self.truncate_dim, truncate_dim
+        old, self.truncate_dim = self.truncate_dim, _check_truncate_dim(truncate_dim)
         try:
             yield self
         finally:
@@ -284,9 +311,15 @@ class SentenceTransformer(LoraAdapterMixin):
         length buckets and a fixed batch (a multiple of the local device count, sharded over them),
         so the forward pass compiles at most once per bucket.
         """
+        unknown = sorted(set(kwargs) - set(_IGNORED_ENCODE_KWARGS))
+        if unknown:  # a misspelt option (normalise_embeddings=...) must not be ignored; the reference raises too
+            raise ValueError(f"encode got unexpected keyword arguments {unknown}; see help(SentenceTransformer.encode)")
         single = isinstance(sentences, str)
         if single:
             sentences = [sentences]
+        if isinstance(sentences, dict):  # list(dict) would encode its keys
+            raise TypeError(f"encode expects a string or a list of strings, got a dict (keys {sorted(sentences)[:5]}); "
+                            f"pass list(d.values()), or task=... for a Router model")
         if sentences is None or not hasattr(sentences, "__len__"):
             raise TypeError(f"encode expects a string or a list of strings, got {type(sentences).__name__}")
         sentences = list(sentences)
@@ -301,13 +334,14 @@ class SentenceTransformer(LoraAdapterMixin):
             raise ValueError(f"precision={precision!r} is not supported; choose one of {PRECISIONS}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        truncate_dim = _check_truncate_dim(truncate_dim if truncate_dim is not None else self.truncate_dim)
         prompt = self._resolve_prompt(prompt_name, prompt)
 
         if not sentences:
             if output_value != "sentence_embedding":
                 return []
-            dim = self.get_embedding_dimension() if truncate_dim is None else truncate_dim
+            with self.truncate_embeddings(truncate_dim):  # capped at the model's dimension, as non-empty output is
+                dim = self.get_embedding_dimension()
             empty = quantize_embeddings(np.zeros((0, dim), np.float32), precision)
             return jnp.asarray(empty) if convert_to_tensor else empty
 
@@ -320,6 +354,8 @@ class SentenceTransformer(LoraAdapterMixin):
         n_dev = mesh.devices.size
         bs = round_up(batch_size, n_dev)
         buckets = self.length_buckets or default_buckets(self.max_seq_length)
+        if max(buckets) < self.max_seq_length:  # rows up to max_seq_length must fit the last bucket
+            buckets = (*buckets, self.max_seq_length)
         fn, sharding = self._encode_fn(mesh, output_value, task)
         params = self._placed_params(mesh)
         prompt_length = self._prompt_length(prompt) if prompt and self._needs_prompt_length() else None

@@ -63,7 +63,14 @@ def _read_texts(path: str) -> list[str]:
             raise InputError(f"--input {path!r}: a .json input must hold a list of strings")
         return texts
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+        lines = [line.rstrip("\r\n") for line in f]
+    while lines and not lines[-1].strip():  # blank lines at the end of the file are not rows
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:  # skipping them would shift every later row against its input line
+        raise InputError(f"--input {path!r}: line(s) {blank[:5]}{' ...' if len(blank) > 5 else ''} are blank; output "
+                         f"row i is input line i, so remove or fill them")
+    return lines
 
 
 def _check_output(path: str, ext: str, flag: str) -> None:

@@ -7,6 +7,7 @@ import os
 
 from stcore_jax.config import catalogue
 from stcore_jax.config.datasets import load_source, scale_label, select_columns
+from stcore_jax.config.errors import ConfigError
 from stcore_jax.config.schema import RunConfig
 
 OFFLINE_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -36,10 +37,18 @@ def build_model(cfg: RunConfig):
 
     m = cfg.model
     path = resolve_model_name(m.name_or_path)
-    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
-                                length_buckets=m.length_buckets)
-    if m.max_seq_length is not None:
-        model.max_seq_length = m.max_seq_length
+    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+    # Both are checked against the model (positive, within its position table).
+    try:
+        if m.max_seq_length is not None:
+            model.max_seq_length = m.max_seq_length
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.max_seq_length': {e}") from None
+    try:
+        if m.length_buckets:
+            model.length_buckets = model.check_padding_lengths(m.length_buckets)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.length_buckets': {e}") from None
     base = guess_base_model(path) or (m.name_or_path if not os.path.exists(m.name_or_path) else None)
     model.model_card_data = SentenceTransformerModelCardData(base_model=base)
     return model

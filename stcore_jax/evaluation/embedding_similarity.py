@@ -55,6 +55,14 @@ class EmbeddingSimilarityEvaluator(SentenceEvaluator):
     ):
         super().__init__()
         assert len(sentences1) == len(sentences2) == len(scores)
+        bad = [i for i, x in enumerate(scores) if not np.isfinite(x)]
+        if bad:  # a NaN gold score would be ranked as if it were a number (the reference reports NaN)
+            raise ValueError(f"EmbeddingSimilarityEvaluator: scores must be finite; scores[{bad[0]}] is "
+                             f"{scores[bad[0]]!r} ({len(bad)} such); drop those pairs")
+        unknown = [fn for fn in similarity_fn_names or [] if fn not in _PAIRWISE]
+        if unknown:  # they would be skipped, leaving no metric for them
+            raise ValueError(f"EmbeddingSimilarityEvaluator: similarity_fn_names {unknown} are not supported; "
+                             f"choose from {list(_PAIRWISE)}")
         self.sentences1 = sentences1
         self.sentences2 = sentences2
         self.scores = scores

@@ -63,6 +63,8 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         query_chunk_size: int = 1024,
     ) -> None:
         super().__init__()
+        # One id given as a string would be iterated as characters (none of them a corpus id: recall 0).
+        relevant_docs = {q: {d} if isinstance(d, str) else d for q, d in relevant_docs.items()}
         self.queries_ids = [qid for qid in queries if qid in relevant_docs and len(relevant_docs[qid]) > 0]
         self.queries = [queries[qid] for qid in self.queries_ids]
         self.corpus_ids = list(corpus.keys())

@@ -36,6 +36,41 @@ ST_CONFIG_NAMES = [
 ]
 
 
+ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")  # fairseq positions: from pad_token_id + 1
+
+
+def position_limit(config: EncoderConfig) -> int | None:
+    """The longest input (tokens) the encoder has positions for; ``None``: no table (no limit).
+
+    BERT-like tables hold positions ``0..max_position_embeddings-1``; fairseq-style ones (RoBERTa, MPNet)
+    start at ``pad_token_id + 1``, so that many rows are unusable (514 rows -> 512 tokens). Past the
+    table an embedding lookup is out of range: PyTorch raises, XLA's gather fills NaN, so a too-long
+    input would silently encode to NaN. ModernBERT's rotary positions are computed for any length
+    (models/modernbert.py ``rope_tables``), so nothing turns NaN and, as in the reference, a
+    ``max_seq_length`` past ``max_position_embeddings`` is the user's choice.
+    """
+    if config.model_type == "modernbert":
+        return None
+    if config.model_type in ROBERTA_POSITIONS:
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings
+
+
+def check_max_seq_length(value, config: EncoderConfig, where: str = "max_seq_length") -> int:
+    """``value`` as the truncation length, or a ValueError naming ``where``: a positive int, at most
+    :func:`position_limit` (a longer one would embed to NaN instead of failing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{where} must be a positive integer (tokens), got {value!r}")
+    limit = position_limit(config)
+    if limit is not None and value > limit:
+        offset = (f" (max_position_embeddings={config.max_position_embeddings} less {config.pad_token_id + 1} "
+                  f"for {config.model_type}'s position offset)" if config.model_type in ROBERTA_POSITIONS else
+                  " (max_position_embeddings in config.json)")
+        raise ValueError(f"{where}={value} exceeds the {limit} positions this {config.model_type} model has"
+                         f"{offset}; longer inputs cannot be embedded. Use at most {limit}")
+    return int(value)
+
+
 def _load_tokenizer(path, processor_kwargs):
     from transformers import AutoTokenizer
 
@@ -93,15 +128,22 @@ class Transformer(Module):
 
         self.tokenizer = _load_tokenizer(tokenizer_name_or_path or path, processor_kwargs or tokenizer_kwargs)
         if max_seq_length is None:
-            max_seq_length = min(self.tokenizer.model_max_length, self.config.max_position_embeddings)
-            if self.config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
-                # positions start at padding_idx + 1, so two position slots are unusable
-                max_seq_length = min(max_seq_length, self.config.max_position_embeddings - 2)
-        self.max_seq_length = int(max_seq_length)
+            max_seq_length = min(self.tokenizer.model_max_length,
+                                 position_limit(self.config) or self.config.max_position_embeddings)
+        self.max_seq_length = max_seq_length  # checked against the position table (the property's setter)
         self.do_lower_case = bool(do_lower_case)
         if self.do_lower_case:
             _lowercase_tokenizer(self.tokenizer)
         self.source_path = path
+
+    @property
+    def max_seq_length(self) -> int:
+        """Truncation length (tokens); setting it checks it against the position table (:func:`position_limit`)."""
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value):
+        self._max_seq_length = check_max_seq_length(value, self.config)
 
     # -- tokenization -------------------------------------------------------------------------
     def tokenize_ids(self, texts: list[str]) -> dict[str, list[list[int]]]:
@@ -220,11 +262,11 @@ class Transformer(Module):
 
     @classmethod
     def load(cls, path, **kwargs):
-        st_cfg = {}
+        st_cfg, st_cfg_path = {}, None
         for name in ST_CONFIG_NAMES:
             p = os.path.join(path, name)
             if os.path.isfile(p):
-                st_cfg = read_json(p)
+                st_cfg, st_cfg_path = read_json(p), p
                 break
         args = {k: st_cfg[k] for k in ("max_seq_length", "do_lower_case") if k in st_cfg}
         for k in ("model_args", "tokenizer_args", "config_args"):  # legacy names
@@ -233,10 +275,14 @@ class Transformer(Module):
         for k in ("model_kwargs", "processor_kwargs", "config_kwargs"):
             if k in st_cfg:
                 args[k] = st_cfg[k]
-        if "max_seq_length" not in args:
-            tok_cfg_path = os.path.join(path, "tokenizer_config.json")
-            if os.path.isfile(tok_cfg_path) and "model_max_length" in (tc := read_json(tok_cfg_path)):
-                if tc["model_max_length"] < 10**8:  # HF's "unset" sentinel is a huge int
-                    args["max_seq_length"] = tc["model_max_length"]
+        # Without one (6.x directories), the default applies: the tokenizer's model_max_length (which 6.x
+        # saves as the max_seq_length), capped at the position table as the reference caps it.
         args.update(kwargs)
-        return cls(path, **args)
+        if "max_seq_length" in kwargs or args.get("max_seq_length") is None:
+            return cls(path, **args)
+        module = cls(path, **{**args, "max_seq_length": None})
+        try:  # a saved length past the position table: an error naming the file, not NaN embeddings
+            module.max_seq_length = args["max_seq_length"]
+        except ValueError as e:
+            raise ValueError(f"{st_cfg_path}: {e}") from None
+        return module

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import numbers
 from typing import Any, Callable
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -118,6 +119,21 @@ class SentenceTransformerTrainingArguments:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{f} must be a positive integer, got {v!r}")
+        # torch.optim.AdamW refuses these at the reference's first step; optax would run with them (a negative
+        # learning rate ascends the loss, a beta >= 1 never forgets), so refuse them here.
+        non_negative, below_one = (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v < 1, "in [0, 1)")
+        for f, (ok, need) in (("learning_rate", non_negative), ("weight_decay", non_negative),
+                              ("adam_epsilon", non_negative), ("adam_beta1", below_one), ("adam_beta2", below_one)):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not ok(v):
+                raise ValueError(f"{f} must be a number {need}, got {v!r}")
+        for f in ("logging_steps", "save_steps", "eval_steps"):  # a negative one would act every step
+            v = getattr(self, f)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0 or v > 1 and v != int(v):
+                raise ValueError(f"{f} must be a number of steps (an integer), or a float in (0, 1) for a ratio of the "
+                                 f"total steps; got {v!r}")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is not supported; choose one of {SCHEDULERS}")
         if self.optim not in OPTIMIZERS:

@@ -2,8 +2,9 @@
 
 Rules (SPEC §2): the first of ``label``/``labels``/``score``/``scores`` is the label; every other
 column is an input, in column order; ``dataset_name`` and ``return_loss`` are reserved. Everything
-is checked here, before anything is compiled: column count and label against the loss, None/empty
-texts, non-numeric and NaN labels (each error names the dataset, column and row).
+is checked here, before anything is compiled: empty datasets, column count and label against the loss,
+None/empty texts, non-numeric and NaN labels, labels outside the range the loss can use (each error names
+the dataset, column and row).
 
 Batches have static shapes: ``[global_batch, bucket_length]`` per column, the same bucket for all
 columns of a batch, rows past the end of a partial batch padded and flagged in ``mask``. With sequence
@@ -136,6 +137,47 @@ def _check_labels(values, dataset, column, first_row=0) -> np.ndarray:
     return arr.astype(np.int32) if arr.dtype.kind in "iu" else arr.astype(np.float32)
 
 
+def _label_rule(loss):
+    """``(loss, bad, requirement)`` for losses whose labels have a meaning only in a range (``loss`` unwrapped
+    from modifiers), else None; ``bad(labels [N]) -> [N] bool``. Out of range, these labels do not fail in
+    the step: a class id past SoftmaxLoss's classes gathers NaN (the step is skipped), -1 wraps to the last
+    class and a float one is truncated; OnlineContrastiveLoss ignores pairs labelled neither 0 nor 1; cosine
+    similarity cannot reach a score of 5. PyTorch raises for the class ids only."""
+    from stcore_jax.losses import ContrastiveLoss, CosineSimilarityLoss, OnlineContrastiveLoss, SoftmaxLoss
+    from stcore_jax.losses.base import Loss
+
+    while isinstance(getattr(loss, "loss", None), Loss):  # modifiers (MatryoshkaLoss, AdaptiveLayerLoss) wrap one
+        loss = loss.loss
+    if isinstance(loss, SoftmaxLoss) and loss.loss_fct is None:
+        n = loss.num_labels
+        return (loss, (lambda y: (y != np.floor(y)) | (y < 0) | (y >= n)),
+                f"integer class ids 0..{n - 1} (num_labels={n})")
+    if isinstance(loss, OnlineContrastiveLoss):
+        return loss, (lambda y: (y != 0) & (y != 1)), "labels 0 or 1 (pairs labelled otherwise would be ignored)"
+    if isinstance(loss, ContrastiveLoss):
+        return loss, (lambda y: (y < 0) | (y > 1)), "labels in [0, 1] (1 = similar, 0 = dissimilar)"
+    if isinstance(loss, CosineSimilarityLoss) and loss.cos_score_transformation is None:
+        # finite ones: an infinite score is left to nonfinite_policy (its step is skipped and counted, or stops)
+        return loss, (lambda y: np.isfinite(y) & (np.abs(y) > 1)), ("scores in [-1, 1], the range of cosine "
+                                                                   "similarity (scale them, e.g. STS-B's 0-5 scores "
+                                                                   "divided by 5)")
+    return None
+
+
+def check_label_range(loss, labels: np.ndarray, dataset, column, first_row=0) -> None:
+    """Raise, naming the dataset, column and first bad row, if ``labels`` [N] are outside what ``loss`` can use
+    (:func:`_label_rule`); labels of another shape (e.g. class probabilities [N, k]) are left to the loss."""
+    rule = _label_rule(loss)
+    if rule is None or labels.ndim != 1:
+        return
+    inner, bad, need = rule
+    rows = np.flatnonzero(bad(labels))
+    if rows.size:
+        raise ValueError(f"Dataset {dataset!r}, label column {column!r}, row {first_row + int(rows[0])}: "
+                         f"{type(inner).__name__} needs {need}, got {labels[rows[0]].item():g} "
+                         f"({rows.size} row(s) out of range)")
+
+
 def check_columns(column_names, name: str, loss) -> tuple[list[str], str | None]:
     """``(input columns, label column)`` of a dataset with ``column_names``, checked against ``loss``
     (reserved names, at least one input, the input count and label the loss expects); warns about
@@ -164,21 +206,29 @@ def prepare_dataset(dataset, name: str, loss, tokenizer_module, *, prompts=None,
     With ``router_mapping``, each column carries its task, and a Router input module tokenizes the
     column with the input module of that task's route (as the reference's collator does).
     """
+    if len(dataset) == 0:  # the tokenizer would fail on it with a bare IndexError
+        raise ValueError(f"Dataset {name!r} is empty (0 rows; columns {list(dataset.column_names)}); "
+                         f"check the split, filter or select that produced it, or leave it out")
     inputs, lab = check_columns(dataset.column_names, name, loss)
     values = {c: list(dataset[c]) for c in inputs + ([lab] if lab else [])}
     return prepare_columns(values, name, inputs, lab, tokenizer_module, prompts=prompts,
-                           is_dict_dataset=is_dict_dataset, router_mapping=router_mapping, hf_dataset=dataset)
+                           is_dict_dataset=is_dict_dataset, router_mapping=router_mapping, hf_dataset=dataset,
+                           loss=loss)
 
 
 def prepare_columns(values: dict, name: str, inputs: list[str], lab: str | None, tokenizer_module, *, prompts=None,
-                    is_dict_dataset=False, router_mapping=None, hf_dataset=None, first_row: int = 0) -> PreparedDataset:
+                    is_dict_dataset=False, router_mapping=None, hf_dataset=None, first_row: int = 0,
+                    loss=None) -> PreparedDataset:
     """Validate and tokenize rows given as ``{column: [values]}`` (columns already checked by
-    :func:`check_columns`). Error messages number the rows from ``first_row`` (a stream's batches)."""
+    :func:`check_columns`; label ranges against ``loss`` when given). Error messages number the rows
+    from ``first_row`` (a stream's batches)."""
     texts = []
     for c in inputs:
         _check_texts(values[c], name, c, first_row)
         texts.append(values[c])
     labels = _check_labels(values[lab], name, lab, first_row) if lab else None
+    if labels is not None and loss is not None:
+        check_label_range(loss, labels, name, lab, first_row)
     token_ids, prompt_lengths, tasks, modules = [], [], [], []
     for c, vals in zip(inputs, texts):
         task = resolve_task(router_mapping, name, c, is_dict_dataset)

@@ -102,7 +102,8 @@ class StreamSource:
         self.inputs, self.label = check_columns(self.column_names, name, loss)
         self.label_dtype = _feature_label_dtype(dataset, self.label)  # fixed, so labels never force a recompile
         self._module = tokenizer_module
-        self._options = dict(prompts=prompts, is_dict_dataset=is_dict_dataset, router_mapping=router_mapping)
+        self._options = dict(prompts=prompts, is_dict_dataset=is_dict_dataset, router_mapping=router_mapping,
+                             loss=loss)  # label ranges (data.check_label_range), per batch as rows arrive
 
     def prepare(self, examples: list[dict], first_row: int) -> PreparedDataset:
         """Validate and tokenize ``examples`` (stream rows ``first_row``, ``first_row + 1``, ...)."""

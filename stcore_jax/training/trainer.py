@@ -157,7 +157,7 @@ class SentenceTransformerTrainer:
                                                    valid_label_columns=list(LABEL_COLUMNS), seed=self._data_seed(),
                                                    prepared=p)
                          for n, p in self.train_prepared.items()}
-        self.buckets = self._length_buckets()
+        self.buckets = model.check_padding_lengths(self._length_buckets())  # none past the position table (NaN)
         self.packing = self._resolve_packing()
         if self.packing:
             self.pack_length, self.row_buckets = self._packed_shape()
@@ -375,12 +375,12 @@ class SentenceTransformerTrainer:
     def _init_state(self, total_steps):
         """The train state, born sharded: parameters and optimizer state over ``fsdp`` where large enough
         (training/sharding.py), step counters replicated. Sets ``self.state_shardings``."""
-        loss_params = {}
+        loss_params = {}  # one subtree per distinct loss object that owns parameters (e.g. SoftmaxLoss's classifier)
         for n, lo in self.loss.items():
-            if hasattr(lo, "init_params"):
-                p = lo.init_params(jax.random.key(self.args.seed))
+            if self._loss_param_key(lo) == n and hasattr(lo, "init_params"):
+                p = lo.init_params(jax.random.fold_in(jax.random.key(self.args.seed), len(loss_params)))
                 if p:
-                    loss_params = p  # one shared loss-owned param tree (e.g. SoftmaxLoss classifier)
+                    loss_params[n] = p
         trainable = {"model": self.model.params, "loss": loss_params}
         if self.optimizers and self.optimizers[0] is not None:
             tx, schedule = self.optimizers[0], self.optimizers[1]
@@ -401,6 +401,12 @@ class SentenceTransformerTrainer:
         zeros = [jax.device_put(jnp.zeros((), jnp.int32), shardings[k]) for k in ("step", "skipped")]
         return tx, {"trainable": trainable, "opt_state": opt_state, "step": zeros[0], "skipped": zeros[1]}
 
+    def _loss_param_key(self, loss):
+        """The key of ``loss``'s parameters in ``state["trainable"]["loss"]``: the first dataset name that uses
+        this loss object. Datasets sharing one loss object share its parameters; two loss objects never do
+        (the reference trains every loss module's own parameters)."""
+        return next((n for n, lo in self.loss.items() if lo is loss), None)
+
     def _model_params(self, state):
         """The model's parameters from ``state`` for export and the evaluator (collective: arrays sharded
         across processes are gathered to the host; on one process they stay as they are)."""
@@ -419,7 +425,8 @@ class SentenceTransformerTrainer:
         for n, lo in self.loss.items():
             if id(lo) not in seen:
                 fn = make_train_step(self._compute_model().forward, lo, tx, seed=self.args.seed, num_shards=self.data_parallel,
-                                     accum_steps=self.args.gradient_accumulation_steps, counter=self.compile_count)
+                                     accum_steps=self.args.gradient_accumulation_steps, counter=self.compile_count,
+                                     loss_key=n)
                 seen[id(lo)] = jax.jit(fn, in_shardings=(self.state_shardings, None),
                                        out_shardings=(self.state_shardings, replicated), donate_argnums=0)
             steps[n] = seen[id(lo)]
@@ -428,7 +435,8 @@ class SentenceTransformerTrainer:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Loss of one collated batch on the current parameters (no dropout)."""
         name = inputs.get("dataset_name", next(iter(self.loss)))
-        fn = make_eval_step(model.forward, self.loss[name], num_shards=self.data_parallel)
+        fn = make_eval_step(model.forward, self.loss[name], num_shards=self.data_parallel,
+                            loss_key=self._loss_param_key(self.loss[name]))
         trainable = {"model": model.params, "loss": self._train_state["trainable"]["loss"] if self._train_state else {}}
         out = fn(trainable, inputs)
         return (out["loss"], {}) if return_outputs else out["loss"]
@@ -659,7 +667,8 @@ class SentenceTransformerTrainer:
         would trace and compile every length bucket again each time."""
         cache = self.__dict__.setdefault("_eval_step_fns", {})
         if id(loss) not in cache:
-            step = make_eval_step(self._compute_model().forward, loss, num_shards=self.data_parallel)
+            step = make_eval_step(self._compute_model().forward, loss, num_shards=self.data_parallel,
+                                  loss_key=self._loss_param_key(loss))
             cache[id(loss)] = jax.jit(step, out_shardings=NamedSharding(self.mesh, P()))
         return cache[id(loss)]
 

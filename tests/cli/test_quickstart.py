@@ -10,6 +10,11 @@ import re
 import subprocess
 import sys
 
+# The README's promise, measured (CPU, default --seed 42): 0.7628 -> 0.8718 held-out Spearman, +0.1090; the same
+# to 4 decimals on 1, 2 and 8 devices (other reduction orders). Seeds 0/1/2/3 gain +0.120/+0.111/+0.098/+0.122.
+# The threshold leaves 0.014 under the default seed's gain for other platforms' rounding.
+BEFORE, MIN_GAIN = 0.763, 0.095
+
 
 def test_quickstart_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the user's device count, not the suite's 8
@@ -19,7 +24,8 @@ def test_quickstart_end_to_end(tmp_path):
     assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
     before = float(re.search(r"before training: \S+ = ([\d.]+)", out).group(1))
     after = float(re.search(r"after training:  \S+ = ([\d.]+)", out).group(1))
-    assert after >= before + 0.02, (before, after)
+    assert abs(before - BEFORE) < 0.002, before  # the pretrained model, evaluated: no training involved
+    assert after - before >= MIN_GAIN, (before, after)
     assert float(re.search(r"reloaded with stcore_jax: max abs embedding difference (\S+)", out).group(1)) <= 1e-4
     assert float(re.search(r"PyTorch sentence-transformers: max abs embedding difference (\S+)", out).group(1)) <= 1e-4
     assert "Training: 100%" in proc.stderr  # the progress bar

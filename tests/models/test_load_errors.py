@@ -1,70 +1,40 @@
-"""Bad model directories fail with clear errors before anything is compiled."""
+"""``max_seq_length`` against the encoder's position table, with the PyTorch reference as ground truth.
 
-import json
-import shutil
+A length past the table used to encode long texts to NaN without a word (XLA's gather fills rows out of
+range with NaN; PyTorch raises). The errors themselves -- at assignment, at load from
+sentence_bert_config.json, for length buckets and configs -- and the bad-model-directory errors are in
+tests/reliability/test_bad_input_catalogue.py.
+"""
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
+import tiny_models
 from stcore_jax import SentenceTransformer
 
-
-def test_missing_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        SentenceTransformer(str(tmp_path / "nope"))
+LONG = " ".join(tiny_models.SENTENCES * 12)  # several hundred tokens with either tokenizer
 
 
-def test_hub_id_offline_says_what_to_do(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="offline.*local directory"):
-        SentenceTransformer("some-org/some-model-that-is-not-cached")
+def test_max_seq_length_limit_is_the_references(tiny_dirs):
+    """RoBERTa, whose positions start at pad_token_id + 1 = 2, so 158 of the tiny model's 160 rows are usable (the
+    offset-free BERT limit, 160, is checked in the catalogue). At the limit a longer text encodes as the reference
+    encodes it; one past it the reference's forward fails, and the assignment is refused (the length is kept).
 
+    ``length_buckets=(8,)`` ends below max_seq_length: encode pads to max_seq_length past the last bucket (it
+    failed on a numpy broadcast before)."""
+    from sentence_transformers import SentenceTransformer as RefST
 
-def test_unsupported_architecture_lists_supported(tiny_dirs, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_dirs["bert"]["hf"], dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg["model_type"] = "gpt2"
-    (dst / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"gpt2.*bert.*distilbert.*mpnet.*roberta"):
-        SentenceTransformer(str(dst))
+    path, limit = tiny_dirs["roberta"]["dense"], 158
+    ours, ref = SentenceTransformer(path, length_buckets=(8,)), RefST(path, device="cpu")
+    ours.max_seq_length = ref.max_seq_length = limit
+    assert len(ours.tokenizer(LONG)["input_ids"]) > limit + 1
+    got, want = ours.encode([LONG, "short"]), ref.encode([LONG, "short"])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
-
-def test_missing_weights_file(tiny_dirs, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_dirs["bert"]["hf"], dst)
-    (dst / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
-        SentenceTransformer(str(dst))
-
-
-def test_wrong_weight_shape_names_key_and_shapes(tiny_dirs, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_dirs["bert"]["hf"], dst)
-    tensors = load_file(dst / "model.safetensors")
-    key = "encoder.layer.1.attention.self.query.weight"
-    tensors[key] = np.zeros((32, 31), np.float32)
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"encoder\.layer\.1\.attention\.self\.query\.weight.*\(32, 31\).*\(32, 32\)"):
-        SentenceTransformer(str(dst))
-
-
-def test_missing_weight_key(tiny_dirs, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_dirs["bert"]["hf"], dst)
-    tensors = load_file(dst / "model.safetensors")
-    del tensors["embeddings.LayerNorm.weight"]
-    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="embeddings.LayerNorm.weight"):
-        SentenceTransformer(str(dst))
-
-
-def test_unknown_module_type(tiny_dirs, tmp_path):
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_dirs["bert"]["dense"], dst)
-    mods = json.loads((dst / "modules.json").read_text())
-    mods[1]["type"] = "my_package.FancyPooling"
-    (dst / "modules.json").write_text(json.dumps(mods))
-    with pytest.raises(ValueError, match="FancyPooling.*supported"):
-        SentenceTransformer(str(dst))
+    ref.max_seq_length = limit + 1
+    with pytest.raises((IndexError, RuntimeError)):
+        ref.encode([LONG])
+    with pytest.raises(ValueError, match=rf"max_seq_length={limit + 1} exceeds the {limit} positions"):
+        ours.max_seq_length = limit + 1
+    assert ours.max_seq_length == limit
