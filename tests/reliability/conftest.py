@@ -1,12 +1,36 @@
-"""Fixtures for the reliability tests: a tiny BERT, and launching ``worker.py`` training runs."""
+"""Fixtures for the reliability tests: a tiny BERT, launching ``worker.py`` training runs, and the seed of
+the randomised choices (``STCORE_TEST_SEED``)."""
 
 import os
+import random
+from typing import NamedTuple
 
 import pytest
 
 import tiny_models
-from run_workers import Worker, load_dump
+from run_workers import Worker, load_dump, load_log, sgd_runs
 from stcore_jax.util import read_sts
+
+SEED_ENV = "STCORE_TEST_SEED"
+DEFAULT_SEED = 20240916
+
+
+@pytest.fixture
+def test_rng(request):
+    """``random.Random`` for a test's random choices (a kill's step, ...), seeded from ``STCORE_TEST_SEED``
+    (default: a fixed seed), so a failure replays with the seed that its report names."""
+    seed = int(os.environ.get(SEED_ENV, DEFAULT_SEED))
+    request.node.user_properties.append((SEED_ENV, seed))
+    return random.Random(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    seed = dict(item.user_properties).get(SEED_ENV)
+    if report.failed and seed is not None:
+        report.sections.append(("random seed", f"replay with {SEED_ENV}={seed}"))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +66,21 @@ def launch(tiny_bert, stsb_dir, compile_cache, tmp_path):
             w.proc.wait()
 
 
+class StraightRun(NamedTuple):
+    params: dict  # final parameters of the default run
+    out_dir: str  # its output_dir (checkpoints 4 and 8, logs.jsonl)
+    log: list  # its log history (every step)
+    sgd: dict  # run_workers.SGD_RUNS name -> dump prefix of that 1-process SGD run
+
+
 @pytest.fixture(scope="session")
 def straight_run(tiny_bert, stsb_dir, compile_cache, tmp_path_factory):
-    """The uninterrupted 1-process, 8-device run (worker.py defaults): ``(final params, output_dir)``."""
+    """The uninterrupted 1-process, 8-device run (worker.py defaults), then, in the same process, the
+    1-process references of test_multi_process.py's SGD runs (one start-up for all of them)."""
     tmp = tmp_path_factory.mktemp("straight")
-    w = Worker({"model_dir": tiny_bert, "stsb": str(stsb_dir), "out_dir": str(tmp / "out"), "dump": str(tmp / "dump")},
-               str(tmp), compile_cache, "straight")
+    runs = sgd_runs(["mnrl_gathered", "cached_gathered"], str(tmp / "sgd"))
+    w = Worker({"model_dir": tiny_bert, "stsb": str(stsb_dir), "out_dir": str(tmp / "out"), "dump": str(tmp / "dump"),
+                "runs": runs}, str(tmp), compile_cache, "straight")
     assert w.finish() == 0, w.stderr()[-3000:]
-    return load_dump(str(tmp / "dump")), str(tmp / "out")
+    return StraightRun(load_dump(str(tmp / "dump")), str(tmp / "out"), load_log(str(tmp / "dump")),
+                       {os.path.basename(r["out_dir"]): r["dump"] for r in runs})

@@ -47,5 +47,28 @@ class Worker:
         return self.proc.returncode
 
 
-def load_dump(prefix: str, process: int = 0) -> dict:
-    return dict(np.load(f"{prefix}.{process}.npz"))
+def load_dump(prefix: str, process: int = 0, which: str = "") -> dict:
+    """The parameters ``worker.py`` dumped: final (``which=""``), or ``"step0"`` / ``"step1"`` (``snapshot_step1``)."""
+    return dict(np.load(f"{prefix}.{process}{'.' + which if which else ''}.npz"))
+
+
+def load_log(prefix: str, process: int = 0) -> list[dict]:
+    """The run's ``trainer.state.log_history`` (worker.py logs every step)."""
+    return json.load(open(f"{prefix}.{process}.log.json"))
+
+
+# Trainings that worker.py runs after its default one (config key ``runs``), all with plain SGD: an update is
+# ``-lr * gradient``, so a wrong gradient scale shows in the parameters (Adam divides it out). Global in-batch
+# negatives (``gather``) on 2 processes x 4 devices gather candidates across the processes.
+SGD = dict(optimizer="sgd", lr=0.1, max_steps=3, save_steps=1000, snapshot_step1=True)
+SGD_RUNS = {
+    "mnrl_gathered": dict(SGD, loss="mnrl", gather=True),
+    "cached_gathered": dict(SGD, loss="cached_mnrl", gather=True),
+    # 2 processes only: mnrl_gathered with a deliberate bug (worker.py ``mutated``), the control of the comparisons
+    "mutant_grad_x_processes": dict(SGD, loss="mnrl", gather=True, max_steps=1, mutate="grad_x_processes"),
+}
+
+
+def sgd_runs(names, root) -> list[dict]:
+    """``runs`` entries for worker.py: each with its own output_dir and dump prefix under ``root``."""
+    return [dict(SGD_RUNS[n], out_dir=os.path.join(root, n), dump=os.path.join(root, n, "dump")) for n in names]

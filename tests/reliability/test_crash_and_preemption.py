@@ -4,11 +4,11 @@ continues, and the final parameters equal an uninterrupted run's bitwise.
 
 One run survives the whole sequence: each fault is checked where it happens, and the bitwise equality
 at the end holds only if every resume was exact. worker.py: 96 rows / global batch 16 = 6 steps per
-epoch, 10 steps, a checkpoint every 4.
+epoch, 10 steps, a checkpoint every 4. The random step comes from ``STCORE_TEST_SEED`` (conftest.py
+``test_rng``; a failure's report names the seed to replay it with).
 """
 
 import os
-import random
 import re
 import signal
 import time
@@ -43,13 +43,14 @@ def _kill9(worker):
     worker.proc.wait()
 
 
-def test_survives_kill9_checkpoint_kills_and_sigterm(launch, tmp_path, straight_run):
-    straight_params = straight_run[0]
+def test_survives_kill9_checkpoint_kills_and_sigterm(launch, tmp_path, straight_run, test_rng):
+    straight_params = straight_run.params
     out = str(tmp_path / "out")
 
-    # 1. kill -9 at a random step between the first two checkpoints (4 and 8).
-    k = random.randint(5, 7)
-    w = launch("kill_random", out)
+    # 1. kill -9 at a random step between the first two checkpoints (4 and 8); the worker holds after step k,
+    #    so the kill cannot land later (in checkpoint-8) on a slow machine.
+    k = test_rng.randint(5, 7)
+    w = launch("kill_random", out, hold_at_step=k)
     w.wait_for(f"STEP {k}")
     _kill9(w)
     _assert_no_fake_checkpoint(out)
