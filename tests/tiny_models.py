@@ -131,3 +131,24 @@ def build_modernbert(out_dir: str, minilm_path: str, seed: int = 0, local_attent
     model.eval()
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def copy_without_dropout(src: str, dst: str, **module_config) -> str:
+    """Copy the sentence-transformers directory ``src`` to ``dst`` with hidden and attention dropout 0 (a
+    deterministic model, so that two trainers or two layouts can be compared step by step); ``module_config``
+    entries overwrite the same keys in any module's config.json (e.g. Pooling's ``include_prompt``)."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    for root, _, files in os.walk(dst):
+        if "config.json" in files:
+            path = os.path.join(root, "config.json")
+            with open(path) as f:
+                cfg = json.load(f)
+            if "hidden_dropout_prob" in cfg:
+                cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
+            cfg.update({k: v for k, v in module_config.items() if k in cfg})
+            with open(path, "w") as f:
+                json.dump(cfg, f)
+    return str(dst)

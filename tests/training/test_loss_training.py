@@ -7,7 +7,6 @@ length bucket, so that the file stays cheap.
 """
 
 import collections
-import json
 import os
 import shutil
 
@@ -23,6 +22,8 @@ from sentence_transformers import SentenceTransformerTrainingArguments as RefArg
 from sentence_transformers import losses as ref_losses
 from torch.utils.data import BatchSampler, SequentialSampler
 from transformers import TrainerCallback as RefCallback
+
+import tiny_models
 
 from stcore_jax import (
     BatchSamplers,
@@ -42,24 +43,13 @@ def in_order(dataset, batch_size, drop_last, valid_label_columns=None, generator
     return BatchSampler(SequentialSampler(range(len(dataset))), batch_size, drop_last)
 
 
-def _no_dropout(st_dir):
-    for root, _, files in os.walk(st_dir):
-        if "config.json" in files:
-            path = os.path.join(root, "config.json")
-            cfg = json.load(open(path))
-            if "hidden_dropout_prob" in cfg:
-                cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
-                json.dump(cfg, open(path, "w"))
-
-
 @pytest.fixture(scope="module")
 def dirs(tiny_bert_dir, tmp_path_factory):
     """``(model, guide)``: the tiny BERT without dropout, and a perturbed copy of it as the GIST guide (same
     tokenizer, other weights, so that its similarities differ from the trained model's)."""
     root = tmp_path_factory.mktemp("loss_training")
     model, guide = str(root / "model"), str(root / "guide")
-    shutil.copytree(tiny_bert_dir, model)
-    _no_dropout(model)
+    tiny_models.copy_without_dropout(tiny_bert_dir, model)
     shutil.copytree(model, guide)
     rng = np.random.default_rng(7)
     for dirpath, _, files in os.walk(guide):

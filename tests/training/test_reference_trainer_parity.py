@@ -24,9 +24,6 @@ logs the step loss unrounded, but sentence-transformers rounds logged loss compo
 and a logging window would average steps; the hook sees each micro-batch's value).
 """
 
-import json
-import os
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +36,8 @@ from sentence_transformers import SentenceTransformerTrainingArguments as RefArg
 from sentence_transformers import losses as ref_losses
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as RefNoDuplicates
 from torch.utils.data import BatchSampler, SequentialSampler
+
+import tiny_models
 
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss
@@ -111,17 +110,7 @@ def model_dirs(tiny_bert_dir, tmp_path_factory):
     out = {}
     for name, include in (("include_prompt", True), ("exclude_prompt", False)):
         path = str(tmp_path_factory.mktemp("nodrop") / "st")
-        shutil.copytree(tiny_bert_dir, path)
-        for root, _, files in os.walk(path):
-            if "config.json" in files:
-                cfg_path = os.path.join(root, "config.json")
-                cfg = json.load(open(cfg_path))
-                if "hidden_dropout_prob" in cfg:
-                    cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
-                if "include_prompt" in cfg:
-                    cfg["include_prompt"] = include
-                json.dump(cfg, open(cfg_path, "w"))
-        out[name] = path
+        out[name] = tiny_models.copy_without_dropout(tiny_bert_dir, path, include_prompt=include)
     return out
 
 

@@ -22,13 +22,13 @@ All runs are module-scoped and each compiles its step once (one length / rows bu
 from __future__ import annotations
 
 import contextlib
-import json
-import shutil
 
 import jax
 import numpy as np
 import pytest
 from datasets import Dataset
+
+import tiny_models
 
 import stcore_jax.training.step as step_module
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -157,12 +157,7 @@ def _scaled_step(loss_factor=1.0, grad_factor=1.0):
 def no_dropout_dir(tiny_bert_dir, tmp_path_factory):
     """The tiny BERT without dropout: accumulation draws other dropout masks than one big step (per
     micro-batch keys), so only a deterministic model makes 2 x 8 rows equal 16 rows."""
-    out = tmp_path_factory.mktemp("tiny_bert_no_dropout") / "st"
-    shutil.copytree(tiny_bert_dir, out)
-    cfg = json.loads((out / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (out / "config.json").write_text(json.dumps(cfg))
-    return str(out)
+    return tiny_models.copy_without_dropout(tiny_bert_dir, tmp_path_factory.mktemp("tiny_bert_no_dropout") / "st")
 
 
 @pytest.fixture(scope="module")
