@@ -176,15 +176,16 @@ class SentenceTransformerTrainer:
 
     # -- setup helpers -------------------------------------------------------------------------
     def _length_buckets(self) -> tuple[int, ...]:
-        """``length_buckets``: a tuple is used as given; an int ``k`` (default ``None``: 4) fits ``k`` lengths to
-        the longest row of every step of the first epoch's plan (``fit_buckets``), plus ``max_seq_length`` for
+        """``length_buckets``: a tuple is used as given (plus ``max_seq_length`` last, so that every row fits);
+        an int ``k`` (default ``None``: 4) fits ``k`` lengths to the longest row of every step of the first
+        epoch's plan (``fit_buckets``), plus ``max_seq_length`` for
         longer eval rows. Each step compiles once per bucket it reaches, so a few fitted buckets pad about as
         little as the reference's pad-to-longest (STS-B train, batch 16: 1.22x its tokens with 4 fitted
         buckets, 1.63x with powers of two; bench/padding.py). The plan is a pure function of the seed, so every
         host and every resume fits the same buckets. Streams have no plan: powers of two from 16."""
         given, max_len = self.args.length_buckets, self.model.max_seq_length
-        if isinstance(given, (tuple, list)):
-            return tuple(given)
+        if isinstance(given, (tuple, list)):  # rows up to max_seq_length must fit the last one (as encode's)
+            return tuple(given) + ((max_len,) if max(given) < max_len else ())
         if self.streaming or not self.train_prepared:
             return default_buckets(max_len, smallest=16, per_octave=1)
         accum = self.args.gradient_accumulation_steps
