@@ -1,8 +1,10 @@
 """Each evaluator against its sentence-transformers 6.2 counterpart on STS-B test data.
 
 Ours runs with stcore_jax.SentenceTransformer, the reference with the PyTorch model (both
-all-MiniLM-L6-v2); metric dicts, primary metrics and CSV files must agree within 1e-4, and ours on
-the reference model's embeddings within 1e-5 (see ``check_parity``).
+all-MiniLM-L6-v2); metric dicts, primary metrics and every row of the CSV files must agree within
+1e-4, the IR predictions files (ids, order, scores) within 1e-5, and ours on the reference model's
+embeddings within 1e-5 (see ``make_check_parity``). The ``router`` tests repeat this with a Router model whose query, document
+and plain routes and prompts all differ, so each evaluator must take the reference's way in.
 """
 
 from __future__ import annotations
@@ -230,13 +232,14 @@ def test_label_accuracy(sts_test, our_model, ref_model_raw, tmp_path):
     from torch.utils.data import DataLoader
 
     s1, s2, scores = sts_test
-    n = 64  # the reference evaluator runs the PyTorch model itself
+    n = 32  # the reference evaluator runs the PyTorch model itself (twice)
     labels = [0 if s < 2 else (1 if s < 4 else 2) for s in scores[:n]]
     examples = [InputExample(texts=[a, b], label=y) for a, b, y in zip(s1[:n], s2[:n], labels)]
     torch.manual_seed(0)
     head = SoftmaxLoss(ref_model_raw, embedding_dimension=384, num_labels=3, concatenation_sent_multiplication=True)
     ref = ref_eval.LabelAccuracyEvaluator(DataLoader(examples, batch_size=16), name="sts-3", softmax_model=head)
-    ref_result = ref(ref_model_raw, output_path=str(tmp_path / "ref"))
+    for epoch, steps in ((0, 10), (1, -1)):  # a second call appends a row
+        ref_result = ref(ref_model_raw, output_path=str(tmp_path / "ref"), epoch=epoch, steps=steps)
 
     params = {
         "classifier": {
@@ -247,11 +250,14 @@ def test_label_accuracy(sts_test, our_model, ref_model_raw, tmp_path):
     ours = our_eval.LabelAccuracyEvaluator(
         DataLoader(examples, batch_size=16), name="sts-3", softmax_model=params, concatenation_sent_multiplication=True
     )
-    ours_result = ours(our_model, output_path=str(tmp_path / "ours"))
+    for epoch, steps in ((0, 10), (1, -1)):
+        ours_result = ours(our_model, output_path=str(tmp_path / "ours"), epoch=epoch, steps=steps)
     assert list(ours_result) == list(ref_result) == ["sts-3_accuracy"]
     assert ours_result["sts-3_accuracy"] == pytest.approx(ref_result["sts-3_accuracy"], abs=1e-4)
     assert ours.primary_metric == ref.primary_metric
+    # Every row, exactly: epoch, steps and the accuracy (a count over 32).
     assert (tmp_path / "ours" / ref.csv_file).read_text() == (tmp_path / "ref" / ref.csv_file).read_text()
+    assert len((tmp_path / "ref" / ref.csv_file).read_text().splitlines()) == 3
 
     class Head:  # an object carrying params and the SoftmaxLoss flags
         concatenation_sent_multiplication = True
@@ -260,3 +266,78 @@ def test_label_accuracy(sts_test, our_model, ref_model_raw, tmp_path):
     rows = [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in zip(s1[:n], s2[:n], labels)]
     again = our_eval.LabelAccuracyEvaluator(rows, softmax_model=Head())(our_model)
     assert again == {"accuracy": ours_result["sts-3_accuracy"]}
+
+
+def _head(sts, n):
+    return tuple(column[:n] for column in sts)
+
+
+def test_router_retrieval_evaluators(sts_test, check_router_parity, router_models):
+    """IR, reranking and triplets embed queries/anchors with ``encode_query`` and documents with
+    ``encode_document`` (route and prompt); explicit prompt names and prompts (even "") override the
+    model's prompts but keep the route."""
+    sts = _head(sts_test, 150)
+    queries, corpus, relevant = _ir_data(sts)
+    samples, (a, p, n) = _reranking_samples(sts), _triplets(sts)
+
+    def build(module):
+        return module.SequentialEvaluator(
+            [
+                module.InformationRetrievalEvaluator(queries, corpus, relevant, name="ir", write_predictions=True),
+                module.InformationRetrievalEvaluator(
+                    queries, corpus, relevant, name="ir-prompted", query_prompt_name="document", corpus_prompt="",
+                    write_predictions=True, corpus_chunk_size=40, accuracy_at_k=[1, 5], map_at_k=[20],
+                ),
+                module.RerankingEvaluator(samples, name="rr"),
+                module.TripletEvaluator(a, p, n, name="tri", similarity_fn_names=["cosine", "dot"]),
+            ]
+        )
+
+    check_router_parity(build(our_eval), build(ref_eval))
+    ours, ref = router_models
+    assert ours.routes == ref.routes[: len(ours.routes)]  # the same methods and prompt arguments, in order
+    assert set(ours.routes) == {
+        ("encode_query", None, None),
+        ("encode_document", None, None),
+        ("encode_query", None, "document"),
+        ("encode_document", "", None),
+    }
+
+
+def test_router_symmetric_evaluators(sts_test, check_router_parity, router_models):
+    """Evaluators of symmetric pairs embed everything with plain ``encode`` (default route and prompt)."""
+    s1, s2, scores = _head(sts_test, 150)
+    sentences_map, duplicates = _paraphrase_data((s1, s2, scores))
+    ours_model, ref_model = router_models
+
+    def build(module, teacher):
+        return module.SequentialEvaluator(
+            [
+                module.EmbeddingSimilarityEvaluator(s1, s2, scores, name="sts"),
+                module.BinaryClassificationEvaluator(s1, s2, _binary_labels(scores), name="bin"),
+                module.ParaphraseMiningEvaluator(sentences_map, duplicates, name="pm"),
+                module.TranslationEvaluator(s1, s2, name="tr"),
+                module.MSEEvaluator(s1, s2, teacher_model=teacher, name="mse"),
+            ]
+        )
+
+    check_router_parity(build(our_eval, ours_model), build(ref_eval, ref_model))
+    assert ours_model.routes == ref_model.routes[: len(ours_model.routes)]
+    assert set(ours_model.routes) == {("encode", None, None)}
+
+
+def test_router_model_ways_in_differ(sts_test, router_models):
+    """The Router model is a sensitive probe: its three ways in give clearly different embeddings
+    (route and prompt, or prompt alone), and ours match the reference's for each."""
+    texts = list(sts_test[0][:8])
+    ours, ref = router_models
+    outs = {}
+    for method in ("encode", "encode_query", "encode_document"):
+        outs[method] = getattr(ours, method)(texts)
+        np.testing.assert_allclose(outs[method], getattr(ref, method)(texts), atol=1e-5, rtol=0)
+
+    def relative_change(a, b):  # smallest over the texts of |a - b| / |b|
+        return (np.linalg.norm(outs[a] - outs[b], axis=1) / np.linalg.norm(outs[b], axis=1)).min()
+
+    assert relative_change("encode", "encode_document") > 0.1  # same route, another prompt
+    assert relative_change("encode_query", "encode_document") > 0.1  # another route and prompt

@@ -62,6 +62,18 @@ def test_nano_beir_truncated_matches_reference(nano_dir, check_parity):
     assert "NanoNQ_128_cosine_ndcg@10" in ours and "NanoBEIR_avg_128_cosine_ndcg@10" in ours
 
 
+def test_nano_beir_router_prompts_match_reference(nano_dir, check_router_parity, router_models):
+    """On the Router model: a per-dataset query prompt replaces the model's "query: " prompt but keeps
+    the query route; the corpus takes ``encode_document`` with the model's "passage: " prompt."""
+    check_router_parity(
+        NanoBEIREvaluator(["nq"], dataset_id=nano_dir, query_prompts={"nq": "question: "}, batch_size=64),
+        RefNanoBEIR(["nq"], dataset_id=nano_dir, query_prompts={"nq": "question: "}, batch_size=64),
+    )
+    ours, ref = router_models
+    assert ours.routes == ref.routes[: len(ours.routes)]
+    assert set(ours.routes) == {("encode_query", "question: ", None), ("encode_document", None, None)}
+
+
 def test_nano_beir_from_objects(nano_dir, nano_tables, our_model):
     import datasets
 
