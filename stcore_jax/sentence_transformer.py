@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from stcore_jax.io.st_load import load_modules, load_st_config, resolve_model_path
 from stcore_jax.models.layers import fold
 from stcore_jax.models.lora import LORA_KEY, LoraAdapterMixin
-from stcore_jax.models.buckets import bucket_for, default_buckets, round_up
+from stcore_jax.models.buckets import bucket_for, covering, default_buckets, round_up
 from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.router import Router, with_task
 from stcore_jax.models.config import EncoderConfig
@@ -353,9 +353,7 @@ class SentenceTransformer(LoraAdapterMixin):
         mesh = self._mesh()
         n_dev = mesh.devices.size
         bs = round_up(batch_size, n_dev)
-        buckets = self.length_buckets or default_buckets(self.max_seq_length)
-        if max(buckets) < self.max_seq_length:  # rows up to max_seq_length must fit the last bucket
-            buckets = (*buckets, self.max_seq_length)
+        buckets = covering(self.length_buckets or default_buckets(self.max_seq_length), self.max_seq_length)
         fn, sharding = self._encode_fn(mesh, output_value, task)
         params = self._placed_params(mesh)
         prompt_length = self._prompt_length(prompt) if prompt and self._needs_prompt_length() else None

@@ -30,6 +30,13 @@ def default_buckets(max_seq_length: int, smallest: int = 8, per_octave: int = 4,
     return tuple(out)
 
 
+def covering(buckets, max_seq_length: int) -> tuple[int, ...]:
+    """``buckets`` with ``max_seq_length`` appended when they end below it, so that every (truncated) row
+    fits the last bucket: given buckets that stop short would otherwise meet a longer row unpadded."""
+    buckets = tuple(buckets)
+    return buckets + ((max_seq_length,) if max(buckets) < max_seq_length else ())
+
+
 def bucket_for(length: int, buckets) -> int:
     """Smallest bucket >= ``length`` (the largest if none; inputs are truncated to it anyway)."""
     for b in buckets:

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from stcore_jax.models.buckets import bucket_for, default_buckets, fit_buckets
+from stcore_jax.models.buckets import bucket_for, covering, default_buckets, fit_buckets
 from stcore_jax.models.router import Router
 from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.training.arguments import BatchSamplers, SentenceTransformerTrainingArguments
@@ -184,8 +184,8 @@ class SentenceTransformerTrainer:
         buckets, 1.63x with powers of two; bench/padding.py). The plan is a pure function of the seed, so every
         host and every resume fits the same buckets. Streams have no plan: powers of two from 16."""
         given, max_len = self.args.length_buckets, self.model.max_seq_length
-        if isinstance(given, (tuple, list)):  # rows up to max_seq_length must fit the last one (as encode's)
-            return tuple(given) + ((max_len,) if max(given) < max_len else ())
+        if isinstance(given, (tuple, list)):
+            return covering(given, max_len)
         if self.streaming or not self.train_prepared:
             return default_buckets(max_len, smallest=16, per_octave=1)
         accum = self.args.gradient_accumulation_steps
@@ -196,7 +196,7 @@ class SentenceTransformerTrainer:
         if not longest:
             return default_buckets(max_len, smallest=16, per_octave=1)
         fitted = fit_buckets(longest, DEFAULT_FITTED_BUCKETS if given is None else given, cap=max_len)
-        return fitted + ((max_len,) if fitted[-1] < max_len else ())
+        return covering(fitted, max_len)
 
     def _resolve_packing(self) -> bool:
         """``sequence_packing``: None packs wherever it keeps the step's results (a Transformer whose encoder
