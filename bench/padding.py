@@ -24,8 +24,8 @@ from datasets import Dataset  # noqa: E402
 
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
 from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss  # noqa: E402
-from stcore_jax.models.buckets import bucket_for, default_buckets, fit_buckets  # noqa: E402
-from stcore_jax.training.data import batch_longest  # noqa: E402
+from stcore_jax.batching.buckets import bucket_for, default_buckets, fit_buckets  # noqa: E402
+from stcore_jax.sentence_transformer.data import batch_longest  # noqa: E402
 
 
 def main():

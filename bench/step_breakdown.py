@@ -56,7 +56,7 @@ def main():
 
     from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from stcore_jax.losses import MultipleNegativesRankingLoss
-    from stcore_jax.losses.embed import compute_loss, row_keys
+    from stcore_jax.sentence_transformer.losses.embed import compute_loss, row_keys
 
     model = SentenceTransformer(a.model_dir)
     model.max_seq_length = a.seq

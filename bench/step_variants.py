@@ -62,7 +62,7 @@ def main():
 
     import stcore_jax.models.bert as bert
     from stcore_jax import SentenceTransformer
-    from stcore_jax.losses.embed import row_keys
+    from stcore_jax.sentence_transformer.losses.embed import row_keys
 
     import stcore_jax.models.layers as layers
 

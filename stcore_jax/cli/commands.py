@@ -16,7 +16,7 @@ def _config_and_mesh(path, overrides):
 
     from stcore_jax.config import check_devices, load_config
 
-    from stcore_jax.training.distributed import maybe_initialize_distributed
+    from stcore_jax.distributed import maybe_initialize_distributed
 
     cfg = load_config(path, overrides)
     maybe_initialize_distributed()  # on a pod, before the first device query, or each host sees only its own chips
@@ -143,7 +143,7 @@ def info(args) -> int:
 
     import jax
 
-    from stcore_jax.training.distributed import maybe_initialize_distributed
+    from stcore_jax.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()
     devs = jax.devices()

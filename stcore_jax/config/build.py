@@ -32,7 +32,7 @@ def resolve_model_name(name: str) -> str:
 def build_model(cfg: RunConfig):
     import jax.numpy as jnp
 
-    from stcore_jax.io.model_card import SentenceTransformerModelCardData, guess_base_model
+    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
     from stcore_jax.sentence_transformer import SentenceTransformer
 
     m = cfg.model

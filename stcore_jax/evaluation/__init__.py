@@ -1,22 +1,25 @@
-"""Evaluators: score a model during or after training (sentence-transformers' ``evaluation``).
-
-Every evaluator is ``evaluator(model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]``
-with a ``primary_metric``; see ``evaluator.py`` for what they need from a model.
+"""``stcore_jax.evaluation``: the SentenceTransformer evaluators, where sentence-transformers 2.x-5.x import them from
+(``sentence_transformers.evaluation``). They live in :mod:`stcore_jax.sentence_transformer.evaluation`.
 """
 
-from stcore_jax.evaluation.binary_classification import BinaryClassificationEvaluator
-from stcore_jax.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator
-from stcore_jax.evaluation.evaluator import BaseEvaluator, SentenceEvaluator
-from stcore_jax.evaluation.information_retrieval import InformationRetrievalEvaluator
-from stcore_jax.evaluation.label_accuracy import LabelAccuracyEvaluator
-from stcore_jax.evaluation.mse import MSEEvaluator, MSEEvaluatorFromDataFrame
-from stcore_jax.evaluation.nano_beir import NanoBEIREvaluator
-from stcore_jax.evaluation.paraphrase_mining import ParaphraseMiningEvaluator, paraphrase_mining_embeddings
-from stcore_jax.evaluation.reranking import RerankingEvaluator
-from stcore_jax.evaluation.sequential import SequentialEvaluator
-from stcore_jax.evaluation.translation import TranslationEvaluator
-from stcore_jax.evaluation.triplet import TripletEvaluator
-from stcore_jax.similarity import SimilarityFunction
+from stcore_jax.sentence_transformer.evaluation import (  # noqa: F401
+    BaseEvaluator,
+    SentenceEvaluator,
+    SimilarityFunction,
+    BinaryClassificationEvaluator,
+    EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
+    LabelAccuracyEvaluator,
+    MSEEvaluator,
+    MSEEvaluatorFromDataFrame,
+    NanoBEIREvaluator,
+    ParaphraseMiningEvaluator,
+    RerankingEvaluator,
+    SequentialEvaluator,
+    TranslationEvaluator,
+    TripletEvaluator,
+    paraphrase_mining_embeddings,
+)
 
 __all__ = [
     "BaseEvaluator",

@@ -1,67 +1,68 @@
-"""The sentence-transformers loss catalogue as pure JAX functions plus thin holder classes.
-
-Each ``*_loss`` function maps per-column embeddings (``[B, D]`` arrays) and labels to a float32
-scalar (GlobalOrthogonalRegularization: a dict of scalars). Each class has the sentence-transformers
-name and constructor, declares its input columns and label (``validate_columns``), and implements
-``compute_loss_from_embeddings(embeddings, labels, **context)``; see :mod:`stcore_jax.losses.base`
-for the context keywords (``mask``, ``params``, ``key``, ``num_shards``, ``guide_embeddings``).
+"""``stcore_jax.losses``: the SentenceTransformer losses, where sentence-transformers 2.x-5.x import them from
+(``sentence_transformers.losses``). They live in :mod:`stcore_jax.sentence_transformer.losses`.
 """
 
-from stcore_jax.losses.adaptive_layer import AdaptiveLayerLoss, Matryoshka2dLoss, adaptive_layer_loss
-from stcore_jax.losses.base import Loss, resolve_similarity, sharding_agnostic
-from stcore_jax.losses.batch_triplet import (
+from stcore_jax.sentence_transformer.losses import (  # noqa: F401
+    CachedGISTEmbedLoss,
+    CachedMultipleNegativesRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
+    compute_loss,
+    embed_columns,
+    AdaptiveLayerLoss,
+    AnglELoss,
     BatchAllTripletLoss,
     BatchHardSoftMarginTripletLoss,
     BatchHardTripletLoss,
     BatchHardTripletLossDistanceFunction,
     BatchSemiHardTripletLoss,
+    CoSENTLoss,
+    ContrastiveLoss,
+    ContrastiveTensionLossInBatchNegatives,
+    CosineSimilarityLoss,
+    DistillKLDivLoss,
+    EmbedDistillLoss,
+    GISTEmbedLoss,
+    GlobalOrthogonalRegularizationLoss,
+    Loss,
+    MSELoss,
+    MarginMSELoss,
+    Matryoshka2dLoss,
+    MatryoshkaLoss,
+    MegaBatchMarginLoss,
+    MultipleNegativesRankingLoss,
+    MultipleNegativesSymmetricRankingLoss,
+    OnlineContrastiveLoss,
+    SiameseDistanceMetric,
+    SoftmaxLoss,
+    TripletDistanceMetric,
+    TripletLoss,
+    adaptive_layer_loss,
+    angle_loss,
     batch_all_triplet_loss,
     batch_hard_soft_margin_triplet_loss,
     batch_hard_triplet_loss,
     batch_semi_hard_triplet_loss,
-)
-from stcore_jax.losses.contrastive import (
-    ContrastiveLoss,
-    OnlineContrastiveLoss,
-    SiameseDistanceMetric,
     contrastive_loss,
-    online_contrastive_loss,
-)
-from stcore_jax.losses.contrastive_tension import (
-    ContrastiveTensionLossInBatchNegatives,
     contrastive_tension_in_batch_negatives_loss,
-)
-from stcore_jax.losses.cosent import AnglELoss, CoSENTLoss, angle_loss, cosent_loss
-from stcore_jax.losses.cosine_similarity import CosineSimilarityLoss, cosine_similarity_loss
-from stcore_jax.losses.distill import (
-    DistillKLDivLoss,
-    EmbedDistillLoss,
-    MarginMSELoss,
-    MSELoss,
+    cosent_loss,
+    cosine_similarity_loss,
     distill_kl_div_loss,
     embed_distill_loss,
+    gist_embed_loss,
+    global_orthogonal_regularization_loss,
     margin_mse_loss,
+    matryoshka_loss,
+    mega_batch_margin_loss,
     mse_loss,
-)
-from stcore_jax.losses.gist import GISTEmbedLoss, gist_embed_loss
-from stcore_jax.losses.gor import GlobalOrthogonalRegularizationLoss, global_orthogonal_regularization_loss
-from stcore_jax.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
-from stcore_jax.losses.mega_batch import MegaBatchMarginLoss, mega_batch_margin_loss
-from stcore_jax.losses.mnrl import (
-    MultipleNegativesRankingLoss,
-    MultipleNegativesSymmetricRankingLoss,
     multiple_negatives_ranking_loss,
     multiple_negatives_symmetric_ranking_loss,
+    online_contrastive_loss,
+    resolve_similarity,
+    ring_multiple_negatives_ranking_loss,
+    sharding_agnostic,
+    softmax_loss,
+    triplet_loss,
 )
-from stcore_jax.losses.ring import ring_multiple_negatives_ranking_loss
-from stcore_jax.losses.softmax import SoftmaxLoss, softmax_loss
-from stcore_jax.losses.triplet import TripletDistanceMetric, TripletLoss, triplet_loss
-from stcore_jax.losses.cached import (  # noqa: E402 (after the losses it subclasses)
-    CachedGISTEmbedLoss,
-    CachedMultipleNegativesRankingLoss,
-    CachedMultipleNegativesSymmetricRankingLoss,
-)
-from stcore_jax.losses.embed import compute_loss, embed_columns  # noqa: E402
 
 __all__ = [
     "CachedGISTEmbedLoss",

@@ -15,13 +15,35 @@ import os
 from typing import Any
 
 
+# Class name (the last component of a ``modules.json`` type path, legacy or 6.x) -> module class. Every
+# subclass of :class:`Module` registers itself under its name and its ``type_aliases``; importing any
+# ``stcore_jax.models`` submodule runs the package ``__init__``, which imports every module class.
+MODULE_TYPES: dict[str, type] = {}
+
+
+def module_class(type_path: str, where: str):
+    """Our class for a ``modules.json`` / ``router_config.json`` type path; a clear error if unsupported."""
+    name = str(type_path or "").rsplit(".", 1)[-1]
+    if name not in MODULE_TYPES:
+        raise ValueError(f"{where} has type {type_path!r}, which stcore_jax does not support; "
+                         f"supported: {sorted(MODULE_TYPES)}")
+    return MODULE_TYPES[name]
+
+
 class Module:
     """Base class: subclasses set ``config_keys`` and implement ``apply``, ``save`` and ``load``."""
 
     config_keys: list[str] = []
     #: ``sentence_transformers.models.<name>`` type string used in ``modules.json``.
     st_type: str = ""
+    #: other class names that load as this module (``Asym`` loads as a ``Router``).
+    type_aliases: tuple[str, ...] = ()
     params: dict | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in (cls.__name__, *cls.type_aliases):
+            MODULE_TYPES[name] = cls
 
     def apply(self, params, features: dict, *, dropout_key=None) -> dict:
         raise NotImplementedError

@@ -85,6 +85,7 @@ class Router(Module):
 
     config_keys = ["default_route", "allow_empty_key", "route_mappings"]
     st_type = "sentence_transformers.models.Router"
+    type_aliases = ("Asym",)  # the legacy name's modules.json entries load as a Router
     forward_kwargs = ["task"]
 
     def __init__(self, sub_modules: dict, default_route: str | None = None, allow_empty_key: bool = True,
@@ -293,7 +294,7 @@ class Router(Module):
     @classmethod
     def load(cls, path, **kwargs):
         """Read ``router_config.json`` (or a legacy ``Asym`` ``config.json``) and each module's folder."""
-        from stcore_jax.io.st_load import module_class
+        from stcore_jax.models.module import module_class
 
         cfg_path = os.path.join(path, CONFIG_NAME)
         if not os.path.isfile(cfg_path):

@@ -9,7 +9,7 @@ id list with offsets; here the ids are padded to ``[B, T]`` like every other inp
 padding masked out of the mean, so the trainer's length buckets and sharding apply unchanged.
 
 Parameters: ``{"embedding": {"embedding": [vocab, dim]}}`` (exported as ``embedding.weight``).
-Distillation from a transformer (Model2Vec's recipe) lives in :mod:`stcore_jax.models.distill`.
+Distillation from a transformer (Model2Vec's recipe) lives in :mod:`stcore_jax.distill`.
 """
 
 from __future__ import annotations
@@ -179,8 +179,8 @@ class StaticEmbedding(Module):
                           sif_coefficient=1e-4, token_remove_pattern=r"\[unused\d+\]", quantize_to="float32",
                           use_subword=True, batch_size: int = 1024, **kwargs) -> "StaticEmbedding":
         """Distill a transformer's vocabulary into a static table (Model2Vec's recipe, natively in JAX):
-        see :func:`stcore_jax.models.distill.distill`."""
-        from stcore_jax.models.distill import distill
+        see :func:`stcore_jax.distill.distill`."""
+        from stcore_jax.distill import distill
 
         tokenizer, table = distill(model_name, vocabulary=vocabulary, pca_dims=pca_dims, apply_zipf=apply_zipf,
                                    sif_coefficient=sif_coefficient, token_remove_pattern=token_remove_pattern,

@@ -48,7 +48,7 @@ def run(args) -> int:
     from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from stcore_jax.config.build import resolve_model_name
     from stcore_jax.evaluation import EmbeddingSimilarityEvaluator
-    from stcore_jax.io.model_card import SentenceTransformerModelCardData, guess_base_model
+    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
     from stcore_jax.losses import CoSENTLoss
     from stcore_jax.quickstart.data import pairs_dataset
 

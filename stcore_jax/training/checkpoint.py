@@ -31,7 +31,7 @@ PREFIX = "checkpoint-"
 PARTIAL, DELETING, REPLACED = ".partial", ".deleting", ".replaced"
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
 _LEFTOVER_RE = re.compile(r"^checkpoint-(\d+)(\.partial|\.deleting|\.replaced)$")
-_EXPORT_STAGING_RE = re.compile(r"^\.checkpoint-\d+\.partial\.(tmp|old)-")  # io/export.py's, inside a save
+_EXPORT_STAGING_RE = re.compile(r"^\.checkpoint-\d+\.partial\.(tmp|old)-")  # base/save.py's, inside a save
 _PAUSE_ENV = "STCORE_JAX_TEST_CHECKPOINT_PAUSE"
 
 

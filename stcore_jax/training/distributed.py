@@ -1,4 +1,4 @@
-"""Multi-process runs: start-up (``jax.distributed.initialize``) and per-process batch slices.
+"""Multi-process runs: per-process batch slices (start-up is stcore_jax/distributed.py).
 
 Every process computes the same batch plan (a pure function of the seed), but each collates only the
 rows that land on its own devices, and the global batch is assembled with
@@ -9,50 +9,11 @@ process owns.
 from __future__ import annotations
 
 import functools
-import logging
-import os
 
 import jax
 import numpy as np
 
 from stcore_jax.training.sharding import batch_sharding, data_parallel_size
-
-logger = logging.getLogger(__name__)
-
-# Environment variables that mean "this is one process of a multi-process job".
-_MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                      "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-
-
-def use_gloo_on_cpu() -> None:
-    """CPU collectives across processes need gloo (the default implementation is single-process only).
-    The option only affects the CPU backend, so setting it is harmless on TPU/GPU."""
-    try:
-        if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except AttributeError:  # pragma: no cover - older/newer jax without the option
-        pass
-
-
-def maybe_initialize_distributed() -> bool:
-    """Call ``jax.distributed.initialize()`` once if the environment describes a multi-process job.
-
-    TPU pods find their peers on their own; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (or run under SLURM / Open MPI). Returns whether
-    the runtime is (now) multi-process. Must run before anything touches the devices.
-    """
-    if jax.distributed.is_initialized():
-        return jax.process_count() > 1
-    if not any(os.environ.get(k) for k in _MULTI_PROCESS_ENV):
-        return False
-    if os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") == 0 and not any(
-            os.environ.get(k) for k in _MULTI_PROCESS_ENV if k != "TPU_WORKER_HOSTNAMES"):
-        return False  # a single-host TPU VM also sets TPU_WORKER_HOSTNAMES (to one host)
-    use_gloo_on_cpu()
-    jax.distributed.initialize()
-    logger.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
-    return jax.process_count() > 1
-
 
 @functools.lru_cache(maxsize=64)  # called per step and per batch leaf; the answer depends on the mesh only
 def local_batch_slots(mesh, global_batch: int) -> np.ndarray:

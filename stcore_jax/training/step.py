@@ -2,7 +2,7 @@
 
 ``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params,
 "loss": {key: loss_params}}, "opt_state": ..., "step": int32, "skipped": int32}``. Dropout keys are
-``fold_in(key(seed), step)``; :func:`stcore_jax.losses.embed.compute_loss` derives per-column,
+``fold_in(key(seed), step)``; :func:`stcore_jax.sentence_transformer.losses.embed.compute_loss` derives per-column,
 per-global-row keys from it, so the update does not depend on how the batch is sharded or chunked. A non-finite loss or gradient skips the update
 (params and optimizer state unchanged) and is counted in ``state["skipped"]``.
 """
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from stcore_jax.losses.embed import compute_loss
+from stcore_jax.sentence_transformer.losses.embed import compute_loss
 
 
 def _total(out):

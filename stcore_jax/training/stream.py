@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from stcore_jax.training.arguments import BatchSamplers, MultiDatasetBatchSamplers
-from stcore_jax.training.data import PreparedDataset, check_columns, prepare_columns
+from stcore_jax.sentence_transformer.data import PreparedDataset, check_columns, prepare_columns
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from stcore_jax.models.buckets import bucket_for, covering, default_buckets, fit_buckets
+from stcore_jax.batching.buckets import bucket_for, covering, default_buckets, fit_buckets
 from stcore_jax.models.router import Router
 from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.training.arguments import BatchSamplers, SentenceTransformerTrainingArguments
@@ -33,22 +33,21 @@ from stcore_jax.training.callbacks import (
     TrainerState,
     integration_callbacks,
 )
-from stcore_jax.training.distributed import local_batch_slots, local_rows, maybe_initialize_distributed, to_global
-from stcore_jax.losses.embed import supports_packing
-from stcore_jax.training.data import (
+from stcore_jax.distributed import maybe_initialize_distributed
+from stcore_jax.training.distributed import local_batch_slots, local_rows, to_global
+from stcore_jax.sentence_transformer.losses.embed import supports_packing
+from stcore_jax.sentence_transformer.data import (
     LABEL_COLUMNS,
     batch_bucket,
     batch_longest,
     collate,
     collate_packed,
-    pack_plan,
-    packed_rows_needed,
     prepare_dataset,
 )
 from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.nonfinite import NonFiniteLossError, stop_on_nonfinite, warn_skipped
 from stcore_jax.training.optim import freeze_params, make_optimizer
-from stcore_jax.training.packing import choose_row_length, fit_row_buckets
+from stcore_jax.batching.packing import choose_row_length, fit_row_buckets, pack_plan, packed_rows_needed
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import SAMPLERS, accumulation_groups, epoch_batches, multi_dataset_order
 from stcore_jax.training.sharding import data_parallel_size, gather_to_host, param_shardings
@@ -162,7 +161,7 @@ class SentenceTransformerTrainer:
         if self.packing:
             self.pack_length, self.row_buckets = self._packed_shape()
         self.callbacks: list[TrainerCallback] = [JsonLinesLogger(), *integration_callbacks(self.args.report_to)]
-        from stcore_jax.io.model_card import ModelCardCallback  # fills model.model_card_data for save_pretrained
+        from stcore_jax.sentence_transformer.model_card import ModelCardCallback  # fills model.model_card_data for save_pretrained
 
         self.callbacks.append(ModelCardCallback(self))
         for cb in callbacks or []:
@@ -222,7 +221,7 @@ class SentenceTransformerTrainer:
 
     def _packed_shape(self) -> tuple[int, tuple[int, ...]]:
         """``(row_length, rows-per-shard buckets)`` of packed steps, fitted to the first epoch's plan
-        (training/packing.py). On STS-B train (batch 16) packing computes on 0.50x the reference's
+        (batching/packing.py). On STS-B train (batch 16) packing computes on 0.50x the reference's
         padded tokens, against 1.22x for fitted length buckets (bench/padding.py)."""
         accum, shards = self.args.gradient_accumulation_steps, self.data_parallel
         steps = [(self.train_prepared[name], micro) for _, name, micro in accumulation_groups(self.epoch_plan(0), accum)]
@@ -361,7 +360,7 @@ class SentenceTransformerTrainer:
         return _stack_micro_batches(parts)
 
     def _collate_packed(self, ds, micro_batches, batch_size):
-        """A packed step (training/data.py ``collate_packed``): this process's data shards only."""
+        """A packed step (sentence_transformer/data.py ``collate_packed``): this process's data shards only."""
         shards = self.data_parallel
         slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else np.arange(batch_size)
         local_shards = sorted({int(s) // (batch_size // shards) for s in slots})

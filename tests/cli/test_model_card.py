@@ -5,7 +5,7 @@ import re
 
 import yaml
 
-from stcore_jax.io.model_card import (
+from stcore_jax.sentence_transformer.model_card import (
     SentenceTransformerModelCardData,
     dataset_info,
     guess_base_model,

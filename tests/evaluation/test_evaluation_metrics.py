@@ -10,8 +10,8 @@ import scipy.stats
 import sklearn.metrics
 from sentence_transformers.sentence_transformer.evaluation import BinaryClassificationEvaluator as RefBinary
 
-from stcore_jax.evaluation import _metrics
-from stcore_jax.evaluation.reranking import rank_metrics
+from stcore_jax.base.evaluation import metrics as _metrics
+from stcore_jax.sentence_transformer.evaluation.reranking import rank_metrics
 from stcore_jax.util.semantic_search import get_scorer
 
 SEEDS = range(6)

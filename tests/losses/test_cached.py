@@ -11,12 +11,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import tiny_models
 from stcore_jax import SentenceTransformer
-from stcore_jax.losses.cached import (CachedGISTEmbedLoss, CachedMultipleNegativesRankingLoss,
+from stcore_jax.sentence_transformer.losses.cached import (CachedGISTEmbedLoss, CachedMultipleNegativesRankingLoss,
                                       CachedMultipleNegativesSymmetricRankingLoss, chunk_layout, from_chunks,
                                       to_chunks)
-from stcore_jax.losses.embed import compute_loss, row_keys
-from stcore_jax.losses.gist import GISTEmbedLoss
-from stcore_jax.losses.mnrl import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
+from stcore_jax.sentence_transformer.losses.embed import compute_loss, row_keys
+from stcore_jax.sentence_transformer.losses.gist import GISTEmbedLoss
+from stcore_jax.sentence_transformer.losses.mnrl import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
 
 # The parity programs are tiny; skipping LLVM's optimisations halves their compile time on CPU.
 FAST = {"xla_backend_optimization_level": 0}
@@ -130,7 +130,7 @@ def test_cached_equals_uncached_with_dropout(tiny, case):
 def test_matryoshka_around_cached_loss_uses_gradcache(tiny):
     """MatryoshkaLoss(CachedMNRL) through compute_loss: chunked embedding (a custom_vjp in the program),
     same loss and gradients as MatryoshkaLoss(MNRL)."""
-    from stcore_jax.losses.matryoshka import MatryoshkaLoss
+    from stcore_jax.sentence_transformer.losses.matryoshka import MatryoshkaLoss
 
     model = tiny["model"]
     feats = _batch(tiny, 12, 2)

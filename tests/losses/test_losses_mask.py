@@ -115,7 +115,7 @@ def test_adaptive_layer_mask():
 def test_l2_distill_gradient_is_finite_on_zero_padded_rows():
     """A padded row embeds to 0 and its teacher label is 0: a plain norm's gradient there is 0/0 = NaN,
     which would make the trainer skip the whole step."""
-    from stcore_jax.losses.distill import embed_distill_loss
+    from stcore_jax.sentence_transformer.losses.distill import embed_distill_loss
 
     student = jnp.asarray(np.where(np.asarray(MASK)[:, None], randn(210, B, 16), 0.0), jnp.float32)
     teacher = jnp.asarray(np.where(np.asarray(MASK)[:, None], randn(211, B, 16), 0.0), jnp.float32)

@@ -151,7 +151,7 @@ def test_global_orthogonal_regularization(num_columns, weights, aggregation):
 @pytest.mark.parametrize("directions,partition_mode", [DIRECTION_CASES[0], DIRECTION_CASES[6]])
 def test_mnrl_row_blocks(monkeypatch, directions, partition_mode):
     """Large shards are scored in anchor row blocks (bounded memory); same value and gradients."""
-    import stcore_jax.losses.mnrl as mnrl
+    import stcore_jax.sentence_transformer.losses.mnrl as mnrl
 
     monkeypatch.setattr(mnrl, "ROW_BLOCK", 8)  # 32 rows -> 4 blocks of 8
     reference = ref.MultipleNegativesRankingLoss(None, directions=directions, partition_mode=partition_mode)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from stcore_jax.models.buckets import bucket_for, fit_buckets, round_up
+from stcore_jax.batching.buckets import bucket_for, fit_buckets, round_up
 
 
 def _padded(longest, buckets):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stcore_jax.losses.embed import row_keys
+from stcore_jax.sentence_transformer.losses.embed import row_keys
 from stcore_jax.models import layers
 
 

@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer as RefST
 import tiny_models
 from stcore_jax import LoraConfig, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import MultipleNegativesRankingLoss
-from stcore_jax.losses.mnrl import multiple_negatives_ranking_loss
+from stcore_jax.sentence_transformer.losses.mnrl import multiple_negatives_ranking_loss
 from stcore_jax.models.lora import count
 
 ATOL = 1e-5

@@ -142,7 +142,7 @@ def test_dropout_keys_and_remat(mb_dirs, minilm_path, texts, tmp_path):
 
 
 def _packed(module, texts, rows):
-    from stcore_jax.models.packing import pack_shard
+    from stcore_jax.batching.packing import pack_shard
 
     ids = module.tokenize_ids(texts)
     seqs = [{k: v[i] for k, v in ids.items()} for i in range(len(texts))]

@@ -7,7 +7,7 @@ import pytest
 from sentence_transformers import SentenceTransformer as RefST
 
 from stcore_jax import SentenceTransformer
-from stcore_jax.models.packing import first_fit_decreasing, pack_shard
+from stcore_jax.batching.packing import first_fit_decreasing, pack_shard
 
 from tiny_models import ARCHS
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from stcore_jax import SentenceTransformer
-from stcore_jax.io import export
+from stcore_jax.base import save as export
 from stcore_jax.training import checkpoint as ckpt
 
 

@@ -34,7 +34,7 @@ from stcore_jax import (
 from stcore_jax import losses
 from stcore_jax.training import TrainerCallback
 from stcore_jax.training import checkpoint as ckpt
-from stcore_jax.training.data import collate
+from stcore_jax.sentence_transformer.data import collate
 
 TOL = 1e-5  # as test_reference_trainer_parity.py: float32 summation-order noise, amplified by Adam
 

@@ -259,7 +259,7 @@ def test_rejected_combinations(model, tmp_path, caplog):
 
 
 def test_model_card_describes_a_stream(model, tmp_path):
-    from stcore_jax.io.model_card import render_model_card
+    from stcore_jax.sentence_transformer.model_card import render_model_card
 
     stream = Dataset.from_dict({"query": ["x y"] * 4, "answer": ["y z"] * 4}).to_iterable_dataset()
     SentenceTransformerTrainer(model=model, args=_args(tmp_path), train_dataset=stream,

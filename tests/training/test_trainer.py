@@ -171,8 +171,8 @@ def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
 
 
 def test_length_buckets_fitted_to_the_batches(tiny_bert_dir, stsb_train, tmp_path):
-    from stcore_jax.models.buckets import bucket_for
-    from stcore_jax.training.data import batch_longest
+    from stcore_jax.batching.buckets import bucket_for
+    from stcore_jax.sentence_transformer.data import batch_longest
 
     s1, s2, sc = stsb_train
     data = Dataset.from_dict({"sentence1": s1[:256], "sentence2": s2[:256], "score": [x / 5 for x in sc[:256]]})

@@ -1,0 +1,2 @@
+"""Static shapes for variable-length text: length buckets (buckets.py) and sequence packing on the host
+(packing.py)."""
