@@ -181,19 +181,34 @@ class SentenceTransformer(LoraAdapterMixin):
 
         ``task`` (or ``features["task"]``, a :class:`stcore_jax.models.router.Task`) picks a Router's route.
 
-        Adds ``token_embeddings`` [B, T, H] and ``sentence_embedding`` [B, D]. ``dropout_key`` None
+        Adds ``token_embeddings`` [B, T, H] and ``sentence_embedding`` [B, D]; with ``output_hidden_states``
+        also ``all_layer_embeddings`` (``L + 1`` hidden states [B, T, H], embeddings first) and, when the
+        input module is an encoder, ``layer_embeddings``: ``L + 1`` arrays [B, D], the pipeline's sentence
+        embedding computed from each hidden state (the last is ``sentence_embedding``). ``dropout_key`` None
         means inference; a PRNG key, or one key per row ([B] typed keys), enables dropout (each
         module gets ``fold_in(key, index)``).
         """
         features = with_task(features, task)
         params = self.with_merged_adapters(params)  # LoRA: W + scale * A @ B, base frozen
-        for i, m in enumerate(self.modules):
-            key = fold(dropout_key, i)
-            p = params.get(str(i)) if m.params is not None else None
-            if i == 0 and output_hidden_states:
-                features = m.apply(p, features, dropout_key=key, output_hidden_states=True)
-            else:
-                features = m.apply(p, features, dropout_key=key)
+        features = self.modules[0].apply(params.get("0") if self.modules[0].params is not None else None, features,
+                                         dropout_key=fold(dropout_key, 0),
+                                         **({"output_hidden_states": True} if output_hidden_states else {}))
+        after_input = features
+        features = self._apply_rest(params, features, dropout_key)
+        if output_hidden_states and "all_layer_embeddings" in after_input:
+            # Per-layer embeddings (AdaptiveLayerLoss): the modules after the encoder applied to each hidden state,
+            # as the reference runs ``model[1:]`` on every layer's output; the last one is the normal output.
+            hidden = after_input["all_layer_embeddings"]
+            features["layer_embeddings"] = [
+                self._apply_rest(params, {**after_input, "token_embeddings": h}, dropout_key)["sentence_embedding"]
+                for h in hidden[:-1]] + [features["sentence_embedding"]]
+        return features
+
+    def _apply_rest(self, params, features, dropout_key):
+        """Modules 1.. of the pipeline (everything after the input module), module ``i`` with ``fold(key, i)``."""
+        for i, m in enumerate(self.modules[1:], start=1):
+            features = m.apply(params.get(str(i)) if m.params is not None else None, features,
+                               dropout_key=fold(dropout_key, i))
         return features
 
     def with_compute_dtype(self, dtype) -> "SentenceTransformer":
