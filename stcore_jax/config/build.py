@@ -70,7 +70,7 @@ def build_datasets(cfg: RunConfig):
 
 
 def build_loss(cfg: RunConfig, model):
-    return catalogue.build_loss(model, cfg.loss.name, cfg.loss.kwargs)
+    return catalogue.build_loss(model, cfg.loss.name, cfg.loss.kwargs, cfg.model.family)
 
 
 def build_evaluator(cfg: RunConfig, eval_dataset=None):
@@ -84,13 +84,13 @@ def build_evaluator(cfg: RunConfig, eval_dataset=None):
         ds = eval_dataset if eval_dataset is not None else build_datasets(cfg)[1]
         if e.max_rows is not None:
             ds = ds.select(range(min(e.max_rows, len(ds))))
-    need = catalogue.EVALUATOR_COLUMNS[e.name]
+    need = catalogue.evaluator_columns(cfg.model.family)[e.name]
     if len(ds.column_names) < len(need):
         raise ValueError(f"config key 'evaluator.name': {e.name} needs {len(need)} columns ({', '.join(need)}), "
                          f"the data has {ds.column_names}; set data.columns")
     kwargs = dict(e.kwargs)
     kwargs.setdefault("name", "eval")
-    return catalogue.build_evaluator(e.name, [ds[c] for c in ds.column_names[: len(need)]], kwargs)
+    return catalogue.build_evaluator(e.name, [ds[c] for c in ds.column_names[: len(need)]], kwargs, cfg.model.family)
 
 
 def training_arguments(cfg: RunConfig, mesh_shape: dict):

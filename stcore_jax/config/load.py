@@ -143,8 +143,8 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
         raise ConfigError("config key 'arguments.mesh_shape': set the layout in the 'mesh' section (data, fsdp, topology)")
     _check_model(cfg.model)
     cfg = dataclasses.replace(cfg, data=_check_data(cfg.data, base_dir))
-    catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs)
-    catalogue.check_evaluator(cfg.evaluator.name, cfg.evaluator.kwargs)
+    catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs, family=cfg.model.family)
+    catalogue.check_evaluator(cfg.evaluator.name, cfg.evaluator.kwargs, family=cfg.model.family)
     if cfg.evaluator.name is not None and cfg.evaluator.data is None and cfg.data.eval is None:
         raise ConfigError("config key 'evaluator.data': the evaluator needs rows; set evaluator.data or data.eval")
     if cfg.evaluator.data is not None:

@@ -21,6 +21,7 @@ class ModelConfig:
     max_seq_length: int | None = None  # truncate inputs (tokens); None keeps the model's own
     dtype: str = "float32"  # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
     length_buckets: list | None = None  # padding lengths for encode
+    family: str = "sentence_transformer"  # the model family: which losses and evaluators the config may name
 
 
 @dataclasses.dataclass(frozen=True)
