@@ -284,12 +284,20 @@ class BaseModel(LoraAdapterMixin):
     # -- save ----------------------------------------------------------------------------------
     def save_pretrained(self, path, model_name=None, create_model_card=True, train_datasets=None,
                         safe_serialization=True):
-        """Write a directory that PyTorch ``sentence_transformers.SentenceTransformer`` (2.x-6.x) loads."""
-        from stcore_jax.base.save import save_sentence_transformer
+        """Write a sentence-transformers directory that the PyTorch package (2.x-6.x) loads."""
+        from stcore_jax.base.save import save_model_dir
 
-        save_sentence_transformer(self, path, create_model_card=create_model_card, model_name=model_name)
+        save_model_dir(self, path, create_model_card=create_model_card, model_name=model_name)
 
     save = save_pretrained
+
+    def saved_config(self) -> dict:
+        """This family's ``config_sentence_transformers.json`` entries (besides ``__version__``)."""
+        return {"model_type": type(self).__name__, "prompts": dict(self.prompts),
+                "default_prompt_name": self.default_prompt_name}
+
+    def write_model_card(self, path: str) -> None:
+        """Write the family's ``README.md`` into ``path`` (none by default)."""
 
     def __repr__(self):
         body = "\n".join(f"  ({i}): {m!r}" for i, m in enumerate(self.modules))

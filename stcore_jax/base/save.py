@@ -1,5 +1,9 @@
 """``save_pretrained``: the sentence-transformers directory layout, loadable by releases 2.x through 6.x.
 
+Shared by every family: the modules and ``modules.json`` here; the family adds its own settings to
+``config_sentence_transformers.json`` (``model.saved_config()``) and writes its model card
+(``model.write_model_card(dir)``).
+
 Everything is validated first, then written into a staging directory beside the target and moved
 into place with renames, so a failure never leaves a half-written mix of two models.
 """
@@ -74,23 +78,15 @@ def _write(model, staging: str, create_model_card: bool) -> None:
                 if os.path.isfile(src) and not os.path.exists(os.path.join(target, name)):
                     shutil.copy2(src, os.path.join(target, name))
     write_json(os.path.join(staging, "modules.json"), entries)
-    cfg = {
-        "__version__": _versions(),
-        "model_type": "SentenceTransformer",
-        "prompts": dict(model.prompts),
-        "default_prompt_name": model.default_prompt_name,
-        "similarity_fn_name": model.similarity_fn_name,
-    }
-    if model.truncate_dim is not None:
-        cfg["truncate_dim"] = model.truncate_dim
-    write_json(os.path.join(staging, "config_sentence_transformers.json"), cfg)
+    # The family's own settings (model_type, prompts, similarity function, ...) and its model card.
+    write_json(os.path.join(staging, "config_sentence_transformers.json"),
+               {"__version__": _versions(), **model.saved_config()})
     if create_model_card:
-        from stcore_jax.sentence_transformer.model_card import write_model_card
-
-        write_model_card(model, staging)
+        model.write_model_card(staging)
 
 
-def save_sentence_transformer(model, path, *, create_model_card=True, model_name=None) -> None:
+def save_model_dir(model, path, *, create_model_card=True, model_name=None) -> None:
+    """Write ``model`` (a :class:`stcore_jax.base.model.BaseModel`) as a sentence-transformers directory."""
     path = os.path.abspath(os.fspath(path))
     # Validate before touching the disk.
     for i, m in enumerate(model.modules):

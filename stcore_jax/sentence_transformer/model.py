@@ -217,3 +217,15 @@ class SentenceTransformer(BaseModel):
         if prompt is None and prompt_name is None:
             prompt_name = next((n for n in ("document", "passage", "corpus") if n in self.prompts), None)
         return self.encode(sentences, prompt_name=prompt_name, prompt=prompt, task="document", **kwargs)
+
+    # -- save (the directory itself: BaseModel.save_pretrained) ----------------------------------
+    def saved_config(self) -> dict:
+        cfg = {**super().saved_config(), "similarity_fn_name": self.similarity_fn_name}
+        if self.truncate_dim is not None:
+            cfg["truncate_dim"] = self.truncate_dim
+        return cfg
+
+    def write_model_card(self, path: str) -> None:
+        from stcore_jax.sentence_transformer.model_card import write_model_card
+
+        write_model_card(self, path)
