@@ -41,7 +41,8 @@ def main(argv=None):
     model.save_pretrained(args.out)
     s1, s2, scores = read_sts(args.data)
     evaluator = EmbeddingSimilarityEvaluator(s1, s2, [s / 5 for s in scores], batch_size=256, write_csv=False)
-    print(f"distilled {args.model} in {took:.1f} s: vocab {static.num_embeddings}, dim {static.embedding_dim} -> {args.out}")
+    print(f"distilled {args.model} in {took:.1f} s: vocab {static.num_embeddings}, "
+          f"dim {static.embedding_dim} -> {args.out}")
     print(f"STS-B test spearman_cosine: static {evaluator(model)['spearman_cosine']:.4f}, "
           f"teacher {evaluator(SentenceTransformer(args.model))['spearman_cosine']:.4f}")
 

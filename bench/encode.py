@@ -183,12 +183,14 @@ def print_table(r: dict):
     print("| | sentences/s (median) | median s | min-max s | median CPU s | first call s | compiles |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     print(f"| stcore_jax | {o['sentences_per_s']:.0f} | {o['median_s']:.3f} | {spread(o['times_s'])} | "
-          f"{o['median_cpu_s']:.2f} | {o['first_call_s']:.2f} | {o['compiles']} (+{o['recompiles_in_steady_state']} later) |")
+          f"{o['median_cpu_s']:.2f} | {o['first_call_s']:.2f} | "
+          f"{o['compiles']} (+{o['recompiles_in_steady_state']} later) |")
     print(f"| sentence-transformers | {f['sentences_per_s']:.0f} | {f['median_s']:.3f} | {spread(f['times_s'])} | "
           f"{f['median_cpu_s']:.2f} | {f['first_call_s']:.2f} | - |")
     print(f"ratio (ours / reference, sentences/s): {r['ratio_ours_over_reference']:.2f}x of medians, "
           f"{r['ratio_median_of_pairs']:.2f}x median of pairs; max |ours - reference| = {r['max_abs_diff']:.2e}; "
-          f"load average (1 min) {r['load_average_1m_before_after'][0]:.1f} -> {r['load_average_1m_before_after'][1]:.1f}")
+          f"load average (1 min) {r['load_average_1m_before_after'][0]:.1f} -> "
+          f"{r['load_average_1m_before_after'][1]:.1f}")
 
 
 def main(argv=None):

@@ -25,8 +25,8 @@ import optax
 
 from stcore_jax.training.optim import clip_grad_norm
 
-SHAPES = [(30522, 384), (512, 384), (2, 384)] + [(384, 384), (384,)] * 24 + [(384, 1536), (1536,), (1536, 384), (384,)] * 6 \
-    + [(384,)] * 30
+SHAPES = [(30522, 384), (512, 384), (2, 384)] + [(384, 384), (384,)] * 24 \
+    + [(384, 1536), (1536,), (1536, 384), (384,)] * 6 + [(384,)] * 30
 
 
 def variants():
@@ -97,7 +97,7 @@ def main():
     if a.torch:
         runs["torch"] = [torch_step(params), None, []]
     for _ in range(a.rounds):
-        for name, run in runs.items():
+        for run in runs.values():
             for _ in range(a.iters):
                 t = time.perf_counter()
                 run[1] = run[0](run[1], grads)

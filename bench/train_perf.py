@@ -37,7 +37,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STSB_TRAIN = os.environ.get("STCORE_STSB_TRAIN", os.path.join(HERE, "..", "..", "shared", "data", "stsb", "sts-train.csv"))
+STSB_TRAIN = os.environ.get("STCORE_STSB_TRAIN",
+                            os.path.join(HERE, "..", "..", "shared", "data", "stsb", "sts-train.csv"))
 
 # Dense bf16 peak TFLOP/s by device kind substring (vendor datasheets, without sparsity).
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "A100": 312.0,
@@ -62,7 +63,8 @@ def build_random(path: str, tokenizer_dir: str, seq: int, shape: str) -> None:
         return
     torch.manual_seed(0)
     hf = os.path.join(path, "hf")
-    cfg = BertConfig() if shape == "bert-base" else BertConfig.from_json_file(os.path.join(tokenizer_dir, "config.json"))
+    cfg = (BertConfig() if shape == "bert-base"
+           else BertConfig.from_json_file(os.path.join(tokenizer_dir, "config.json")))
     BertModel(cfg, add_pooling_layer=False).save_pretrained(hf)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(hf)
     transformer = models.Transformer(hf, max_seq_length=seq)
@@ -157,8 +159,12 @@ def run_ours(a) -> dict:
 def run_ref(a) -> dict:
     import torch
     from datasets import Dataset
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, losses)
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
     from transformers import TrainerCallback
 
     model = SentenceTransformer(a.model_dir, device=a.device)
@@ -272,7 +278,8 @@ def main():
     by = {(r["case"], r["impl"]): r for r in results}
     for case in a.case:
         if (case, "ours") in by and (case, "ref") in by:
-            print(f"{case}: ours/ref samples/s = {by[(case, 'ours')]['samples_per_s'] / by[(case, 'ref')]['samples_per_s']:.2f}x")
+            ratio = by[(case, "ours")]["samples_per_s"] / by[(case, "ref")]["samples_per_s"]
+            print(f"{case}: ours/ref samples/s = {ratio:.2f}x")
     if a.json:
         json.dump(results, open(a.json, "w"), indent=2)
 

@@ -14,7 +14,12 @@ from datetime import datetime
 
 from common import finish, model_path, nli_pairs, parser, stsb
 
-from stcore_jax import BatchSamplers, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from stcore_jax import (
+    BatchSamplers,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from stcore_jax.evaluation import EmbeddingSimilarityEvaluator
 from stcore_jax.losses import CachedMultipleNegativesRankingLoss
 

@@ -12,7 +12,12 @@ from datetime import datetime
 
 from common import finish, model_path, nli_triplets, parser, stsb
 
-from stcore_jax import BatchSamplers, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from stcore_jax import (
+    BatchSamplers,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from stcore_jax.evaluation import EmbeddingSimilarityEvaluator, SequentialEvaluator
 from stcore_jax.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
@@ -27,7 +32,8 @@ def main(argv=None) -> dict:
     model.max_seq_length = args.max_seq_length
     dims = [d for d in args.dims if d <= model.get_embedding_dimension()]
     if not dims:
-        raise ValueError(f"--dims {args.dims}: all are larger than the model's {model.get_embedding_dimension()} dimensions")
+        raise ValueError(f"--dims {args.dims}: all are larger than the model's "
+                         f"{model.get_embedding_dimension()} dimensions")
 
     train_dataset = nli_triplets(args.data_dir, "train", args.max_rows)
     inner = MultipleNegativesRankingLoss(model)

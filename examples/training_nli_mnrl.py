@@ -10,7 +10,12 @@ from datetime import datetime
 
 from common import finish, model_path, nli_triplets, parser, stsb
 
-from stcore_jax import BatchSamplers, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from stcore_jax import (
+    BatchSamplers,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from stcore_jax.evaluation import EmbeddingSimilarityEvaluator, TripletEvaluator
 from stcore_jax.losses import MultipleNegativesRankingLoss
 

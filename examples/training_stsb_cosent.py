@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 
 from common import finish, model_path, parser, stsb

@@ -97,8 +97,9 @@ def remove_tokens(tokenizer, tokens: list[str]):
     cfg = json.loads(tokenizer.to_str())
     model = cfg["model"]
     if not isinstance(model.get("vocab"), dict) or model.get("type") != "WordPiece":
-        raise ValueError(f"token_remove_pattern matched {len(tokens)} tokens, but removing tokens is only supported for "
-                         f"WordPiece tokenizers (this one is {model.get('type')}); pass token_remove_pattern=None")
+        raise ValueError(f"token_remove_pattern matched {len(tokens)} tokens, but removing tokens is only "
+                         f"supported for WordPiece tokenizers (this one is {model.get('type')}); "
+                         "pass token_remove_pattern=None")
     drop = set(tokens)
     old = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     new_id = {}

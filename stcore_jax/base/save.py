@@ -40,7 +40,8 @@ def _check_target(path: str) -> None:
         if not any(os.path.exists(os.path.join(path, m)) for m in MODEL_MARKERS):
             raise FileExistsError(
                 f"save_pretrained: {path!r} is a non-empty directory that does not hold a model "
-                f"({sorted(os.listdir(path))[:5]}...); choose a new or empty directory, or a previous model export to replace"
+                f"({sorted(os.listdir(path))[:5]}...); choose a new or empty directory, "
+                "or a previous model export to replace"
             )
 
 

@@ -15,7 +15,6 @@ def _config_and_mesh(path, overrides):
     import jax
 
     from stcore_jax.config import check_devices, load_config
-
     from stcore_jax.distributed import maybe_initialize_distributed
 
     cfg = load_config(path, overrides)
@@ -25,7 +24,7 @@ def _config_and_mesh(path, overrides):
 
 def train(args) -> int:
     from stcore_jax.config import build
-    from stcore_jax.training.trainer import SentenceTransformerTrainer
+    from stcore_jax.sentence_transformer.trainer import SentenceTransformerTrainer
 
     cfg, mesh_shape = _config_and_mesh(args.config, args.overrides)  # every config error surfaces here
     if cfg.data.train is None:

@@ -32,8 +32,8 @@ def resolve_model_name(name: str) -> str:
 def build_model(cfg: RunConfig):
     import jax.numpy as jnp
 
-    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
     from stcore_jax.sentence_transformer import SentenceTransformer
+    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
 
     m = cfg.model
     path = resolve_model_name(m.name_or_path)

@@ -31,7 +31,8 @@ _INTERNAL = {"self", "model", "num_shards", "args", "kwargs"}
 def family_module(family: str, what: str):
     """``<family package>.<what>`` (``losses`` or ``evaluation``), or a ConfigError naming the families."""
     if family not in FAMILIES:
-        raise ConfigError(f"config key 'model.family': unknown model family {family!r}; allowed values: {sorted(FAMILIES)}")
+        raise ConfigError(f"config key 'model.family': unknown model family {family!r}; "
+                          f"allowed values: {sorted(FAMILIES)}")
     return importlib.import_module(f"{FAMILIES[family]}.{what}")
 
 

@@ -28,7 +28,8 @@ def load_stsb(data_dir: str, split: str = "train", max_rows: int | None = None) 
         raise ValueError(f"STS-B split {split!r} is unknown; allowed values: {sorted(STSB_FILES)}")
     path = os.path.join(data_dir, STSB_FILES[split])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"STS-B file {path!r} not found; --data-dir must hold sts-train.csv, sts-dev.csv, sts-test.csv")
+        raise FileNotFoundError(f"STS-B file {path!r} not found; "
+                                "--data-dir must hold sts-train.csv, sts-dev.csv, sts-test.csv")
     s1, s2, score = [], [], []
     with open(path, encoding="utf-8") as f:
         for line in f:

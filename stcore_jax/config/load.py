@@ -126,7 +126,8 @@ def read_yaml(path) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping with keys {sorted(f.name for f in dataclasses.fields(RunConfig))}")
+        keys = sorted(f.name for f in dataclasses.fields(RunConfig))
+        raise ConfigError(f"config file {path!r} must hold a mapping with keys {keys}")
     return raw
 
 
@@ -135,12 +136,13 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
     raw = dict(raw)
     args = raw.pop("arguments", None) or {}
     if not isinstance(args, dict):
-        raise ConfigError(f"config key 'arguments' must be a mapping of SentenceTransformerTrainingArguments fields")
+        raise ConfigError("config key 'arguments' must be a mapping of SentenceTransformerTrainingArguments fields")
     args.setdefault("output_dir", "output")
     cfg = from_dict(RunConfig, raw, "")
     cfg = dataclasses.replace(cfg, arguments=from_dict(SentenceTransformerTrainingArguments, args, "arguments"))
     if "mesh_shape" in args:
-        raise ConfigError("config key 'arguments.mesh_shape': set the layout in the 'mesh' section (data, fsdp, topology)")
+        raise ConfigError("config key 'arguments.mesh_shape': "
+                          "set the layout in the 'mesh' section (data, fsdp, topology)")
     _check_model(cfg.model)
     cfg = dataclasses.replace(cfg, data=_check_data(cfg.data, base_dir))
     catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs, family=cfg.model.family)
@@ -165,7 +167,8 @@ def _check_model(m) -> None:
 
 def _check_data(d, base_dir):
     if d.format not in DATA_FORMATS:
-        raise ConfigError(f"config key 'data.format': {d.format!r} is not supported; allowed values: {list(DATA_FORMATS)}")
+        raise ConfigError(f"config key 'data.format': {d.format!r} is not supported; "
+                          f"allowed values: {list(DATA_FORMATS)}")
     for k in ("max_train_rows", "max_eval_rows"):
         v = getattr(d, k)
         if v is not None and v < 1:

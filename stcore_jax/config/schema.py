@@ -19,7 +19,8 @@ class ModelConfig:
 
     name_or_path: str = "all-MiniLM-L6-v2"
     max_seq_length: int | None = None  # truncate inputs (tokens); None keeps the model's own
-    dtype: str = "float32"  # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
+    # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
+    dtype: str = "float32"
     length_buckets: list | None = None  # padding lengths for encode
     family: str = "sentence_transformer"  # the model family: which losses and evaluators the config may name
 

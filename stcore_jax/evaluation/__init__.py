@@ -4,8 +4,6 @@
 
 from stcore_jax.sentence_transformer.evaluation import (  # noqa: F401
     BaseEvaluator,
-    SentenceEvaluator,
-    SimilarityFunction,
     BinaryClassificationEvaluator,
     EmbeddingSimilarityEvaluator,
     InformationRetrievalEvaluator,
@@ -15,7 +13,9 @@ from stcore_jax.sentence_transformer.evaluation import (  # noqa: F401
     NanoBEIREvaluator,
     ParaphraseMiningEvaluator,
     RerankingEvaluator,
+    SentenceEvaluator,
     SequentialEvaluator,
+    SimilarityFunction,
     TranslationEvaluator,
     TripletEvaluator,
     paraphrase_mining_embeddings,

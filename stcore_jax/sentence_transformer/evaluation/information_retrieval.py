@@ -17,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from stcore_jax.base.evaluation.evaluator import SentenceEvaluator, append_plain_csv_row, embed, epoch_text, similarity_name
+from stcore_jax.base.evaluation.evaluator import (
+    SentenceEvaluator,
+    append_plain_csv_row,
+    embed,
+    epoch_text,
+    similarity_name,
+)
 from stcore_jax.similarity import SimilarityFunction
 from stcore_jax.util.semantic_search import ChunkedTopK, _rows
 
@@ -43,11 +49,11 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         corpus: dict[str, Any],
         relevant_docs: dict[str, set[str]],
         corpus_chunk_size: int = 50000,
-        mrr_at_k: list[int] = [10],
-        ndcg_at_k: list[int] = [10],
-        accuracy_at_k: list[int] = [1, 3, 5, 10],
-        precision_recall_at_k: list[int] = [1, 3, 5, 10],
-        map_at_k: list[int] = [100],
+        mrr_at_k: Sequence[int] = (10,),
+        ndcg_at_k: Sequence[int] = (10,),
+        accuracy_at_k: Sequence[int] = (1, 3, 5, 10),
+        precision_recall_at_k: Sequence[int] = (1, 3, 5, 10),
+        map_at_k: Sequence[int] = (100,),
         show_progress_bar: bool = False,
         batch_size: int = 32,
         name: str = "",

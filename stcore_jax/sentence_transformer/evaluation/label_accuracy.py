@@ -98,7 +98,7 @@ class LabelAccuracyEvaluator(SentenceEvaluator):
     def _classifier(self) -> tuple[jnp.ndarray, jnp.ndarray]:
         params = self.softmax_model
         if not isinstance(params, Mapping):
-            params = getattr(params, "params")
+            params = params.params
         head = params["classifier"]
         return jnp.asarray(head["kernel"], jnp.float32), jnp.asarray(head["bias"], jnp.float32)
 

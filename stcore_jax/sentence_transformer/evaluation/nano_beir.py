@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,11 +77,11 @@ class NanoBEIREvaluator(SentenceEvaluator):
         self,
         dataset_names: list[str] | None = None,
         dataset_id: str = "sentence-transformers/NanoBEIR-en",
-        mrr_at_k: list[int] = [10],
-        ndcg_at_k: list[int] = [10],
-        accuracy_at_k: list[int] = [1, 3, 5, 10],
-        precision_recall_at_k: list[int] = [1, 3, 5, 10],
-        map_at_k: list[int] = [100],
+        mrr_at_k: Sequence[int] = (10,),
+        ndcg_at_k: Sequence[int] = (10,),
+        accuracy_at_k: Sequence[int] = (1, 3, 5, 10),
+        precision_recall_at_k: Sequence[int] = (1, 3, 5, 10),
+        map_at_k: Sequence[int] = (100,),
         show_progress_bar: bool = False,
         batch_size: int = 32,
         write_csv: bool = True,
@@ -270,7 +270,7 @@ class NanoBEIREvaluator(SentenceEvaluator):
             if prompts is None:
                 continue
             if isinstance(prompts, str):
-                setattr(self, attr, {name: prompts for name in self.dataset_names})
+                setattr(self, attr, dict.fromkeys(self.dataset_names, prompts))
             elif missing := [name for name in self.dataset_names if name not in prompts]:
                 errors += f"The following datasets are missing {kind} prompts: {missing}\n"
         if errors:

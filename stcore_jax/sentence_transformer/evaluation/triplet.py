@@ -70,13 +70,13 @@ class TripletEvaluator(SentenceEvaluator):
                 f"`similarity_fn_names` got unexpected names {unknown}, expected names in {list(_FUNCTIONS)}."
             )
         if margin is None:
-            self.margin = {k: 0 for k in _FUNCTIONS}
+            self.margin = dict.fromkeys(_FUNCTIONS, 0)
         elif isinstance(margin, (float, int)):
-            self.margin = {k: margin for k in _FUNCTIONS}
+            self.margin = dict.fromkeys(_FUNCTIONS, margin)
         elif isinstance(margin, dict):
             if unknown := sorted(set(margin) - set(_FUNCTIONS)):
                 raise ValueError(f"`margin` got unexpected keys {unknown}, expected keys in {list(_FUNCTIONS)}.")
-            self.margin = {**{k: 0 for k in _FUNCTIONS}, **margin}
+            self.margin = {**dict.fromkeys(_FUNCTIONS, 0), **margin}
         else:
             raise ValueError(f"`margin` should be a float or a dictionary with keys in {list(_FUNCTIONS)}.")
         self.batch_size = batch_size
@@ -136,7 +136,7 @@ class TripletEvaluator(SentenceEvaluator):
 
     def get_config_dict(self):
         config = {}
-        if self.margin != {k: 0 for k in _FUNCTIONS}:
+        if self.margin != dict.fromkeys(_FUNCTIONS, 0):
             config["margin"] = self.margin
         if self.truncate_dim is not None:
             config["truncate_dim"] = self.truncate_dim
