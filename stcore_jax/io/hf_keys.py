@@ -37,6 +37,11 @@ def path_to_key(path: tuple) -> tuple[str, bool]:
     return ".".join(str(p) for p in path[:-1]) + "." + leaf, transpose
 
 
+def key_paths(tree: dict) -> dict[str, tuple]:
+    """HF key -> parameter path, for every leaf of a (pure dict) param tree."""
+    return {path_to_key(path)[0]: path for path, _ in _flatten(tree)}
+
+
 def params_to_hf(params: dict) -> dict[str, np.ndarray]:
     """Nested param dict -> ``{hf_key: array}`` with torch layouts (Linear weights [out, in])."""
     out = {}
@@ -74,16 +79,31 @@ def hf_to_params(tensors: dict, abstract: dict, *, source: str = "model.safetens
     checkpoint tensors we do not use (e.g. ``pooler.dense.*``), kept so the exporter writes them back.
     Raises ``ValueError`` naming the key for a missing weight or a shape mismatch (with both shapes).
     """
-    paths = list(_flatten(abstract))
-    keys = [path_to_key(p)[0] for p, _ in paths]
+    keys = [path_to_key(p)[0] for p, _ in _flatten(abstract)]
     tensors = _strip_prefix(_normalise_legacy(tensors), keys)
     missing = [k for k in keys if k not in tensors]
     if missing:
         shown = ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ValueError(f"{source} is missing {len(missing)} weight(s) the model needs: {shown}")
-    flat = {}
-    for (path, leaf), key in zip(paths, keys):
-        _, transpose = path_to_key(path)
+    params, _, extra = match_params(tensors, abstract, source=source)
+    return params, extra
+
+
+def match_params(tensors: dict, abstract: dict, *, source: str = "model.safetensors") -> tuple[dict, list, dict]:
+    """Like :func:`hf_to_params` (legacy ``gamma``/``beta`` names read, shapes checked), but keys are taken as
+    they are (no prefix stripping) and absent weights are reported instead of raised.
+
+    Returns ``(params, missing, extra)``: the tree of the weights found (float32 numpy), the HF keys of
+    the absent ones, and the checkpoint tensors not used (buffers such as ``position_ids`` left out).
+    """
+    tensors = _normalise_legacy(tensors)
+    flat, missing, used = {}, [], set()
+    for path, leaf in _flatten(abstract):
+        key, transpose = path_to_key(path)
+        if key not in tensors:
+            missing.append(key)
+            continue
+        used.add(key)
         arr = np.asarray(tensors[key])
         arr = arr.T if transpose else arr
         if tuple(arr.shape) != tuple(leaf.shape):
@@ -94,9 +114,8 @@ def hf_to_params(tensors: dict, abstract: dict, *, source: str = "model.safetens
                 "Check that config.json matches the weights."
             )
         flat[path] = np.ascontiguousarray(arr.astype(np.float32))
-    used = set(keys)
     extra = {k: np.asarray(v) for k, v in tensors.items() if k not in used and not k.endswith(IGNORED_SUFFIXES)}
-    return _unflatten(flat), extra
+    return _unflatten(flat), missing, extra
 
 
 def _unflatten(flat: dict) -> dict:

@@ -3,7 +3,8 @@
 Attribute names mirror the Hugging Face PyTorch module tree, so the parameter path *is* the weight
 key: ``encoder.layer.{i}.attention.self.query.kernel`` <-> ``encoder.layer.{i}.attention.self.query.weight``
 (see ``stcore_jax/io/hf_keys.py`` for the leaf renames). That naming is the key table, read in both
-directions by the loader and the exporter.
+directions by the loader and the exporter; the heads' models name theirs like transformers'
+``BertForSequenceClassification`` / ``BertForMaskedLM`` (``bert.*``, ``classifier.*``, ``cls.predictions.*``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
+from stcore_jax.models.architecture import Architecture
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.layers import (
     activation,
-    call_layer,
     attention,
+    call_layer,
     dropout,
     embed,
     fold,
@@ -23,7 +25,30 @@ from stcore_jax.models.layers import (
     linear,
     merge_heads,
     split_heads,
+    tied_logits,
 )
+
+
+def bert_config(hf: dict, dtype=jnp.float32) -> EncoderConfig:
+    """``config.json`` (BERT's key names, shared by RoBERTa and MPNet) -> :class:`EncoderConfig`."""
+    return EncoderConfig(
+        model_type=hf.get("model_type"),
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_hidden_layers=hf["num_hidden_layers"],
+        num_attention_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        hidden_act=hf.get("hidden_act", "gelu"),
+        hidden_dropout_prob=hf.get("hidden_dropout_prob", 0.1),
+        attention_probs_dropout_prob=hf.get("attention_probs_dropout_prob", 0.1),
+        max_position_embeddings=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        pad_token_id=hf.get("pad_token_id") or 0,
+        relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+        dtype=dtype,
+        hf=dict(hf),
+    )
 
 
 class BertEmbeddings(nnx.Module):
@@ -149,3 +174,96 @@ class BertModel(nnx.Module):
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)
         return out
+
+
+# -- heads (transformers' BertForSequenceClassification / BertForMaskedLM) ------------------------------
+def classifier_dropout(cfg: EncoderConfig) -> float:
+    """``classifier_dropout``, or ``hidden_dropout_prob`` when it is None (BERT's and RoBERTa's rule)."""
+    rate = cfg.hf.get("classifier_dropout")
+    return cfg.hidden_dropout_prob if rate is None else float(rate)
+
+
+class BertPooler(nnx.Module):
+    """``tanh(dense(h[:, 0]))``: [B, T, H] -> [B, H]."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.dense = linear(cfg.hidden_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs, std=cfg.initializer_range)
+
+    def __call__(self, x_btd):
+        return jnp.tanh(self.dense(x_btd[:, 0]))
+
+
+class BertModelWithPooler(BertModel):
+    """transformers' ``BertModel(add_pooling_layer=True)`` (keys ``pooler.dense.*``), under the classifier."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs)
+        self.pooler = BertPooler(cfg, rngs)
+
+
+class BertForSequenceClassification(nnx.Module):
+    """``bert`` -> pooler -> dropout -> ``classifier``: ``(input_ids, attention_mask, token_type_ids=None, *,
+    dropout_key=None) -> [B, num_labels]`` float32. The head's dropout site follows the encoder's
+    (``fold(key, num_hidden_layers + 1)``), so the encoder draws the masks it draws alone."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int, rngs: nnx.Rngs):
+        self.bert = BertModelWithPooler(cfg, rngs)
+        self.classifier = linear(cfg.hidden_size, num_labels, dtype=cfg.dtype, rngs=rngs, std=cfg.initializer_range)
+        self.rate = classifier_dropout(cfg)
+        self.head_site = cfg.num_hidden_layers + 1
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)["last_hidden_state"]
+        pooled = dropout(self.bert.pooler(h), self.rate, fold(dropout_key, self.head_site))
+        return self.classifier(pooled).astype(jnp.float32)
+
+
+class BertPredictionHeadTransform(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.dense = linear(cfg.hidden_size, cfg.hidden_size, dtype=cfg.dtype, rngs=rngs, std=cfg.initializer_range)
+        self.act = activation(cfg.hidden_act)
+        self.LayerNorm = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, dtype=cfg.dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nnx.Module):
+    """``transform`` and the decoder's bias (``cls.predictions.bias``); the decoder weight is the word embeddings."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.transform = BertPredictionHeadTransform(cfg, rngs)
+        self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
+
+
+class BertOnlyMLMHead(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.predictions = BertLMPredictionHead(cfg, rngs)
+
+
+class BertForMaskedLM(nnx.Module):
+    """``bert`` -> ``cls.predictions``: ``(input_ids, attention_mask, token_type_ids=None, *, dropout_key=None)
+    -> [B, T, vocab_size]`` float32 logits, the decoder tied to ``bert.embeddings.word_embeddings``."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs)
+        self.cls = BertOnlyMLMHead(cfg, rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.bert(input_ids, attention_mask, token_type_ids, dropout_key=dropout_key)["last_hidden_state"]
+        head = self.cls.predictions
+        return tied_logits(head.transform(h), self.bert.embeddings.word_embeddings.embedding[...], head.bias[...])
+
+
+ARCHITECTURE = Architecture(
+    model_types={"bert": "Bert"},
+    encoder=BertModel,
+    config=bert_config,
+    lora_targets=("query", "value"),  # PEFT's defaults: the attention query and value projections
+    positions="absolute",
+    prefix="bert",
+    sequence_classification=BertForSequenceClassification,
+    masked_lm=BertForMaskedLM,
+    tied={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+          "cls.predictions.decoder.bias": "cls.predictions.bias"},
+)

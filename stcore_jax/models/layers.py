@@ -243,15 +243,15 @@ def attention(q_bhtd, k_bhtd, v_bhtd, mask_bt, *, bias_bhtt=None, dropout_rate=0
     return jnp.einsum("bhqk,bhkd->bhqd", probs, v_bhtd)
 
 
-def linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs, std: float = 0.02, use_bias: bool = True):
-    """A Linear with float32 params, ``dtype`` compute, and BERT-style N(0, std) init."""
+def linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs, std: float = 0.02, use_bias: bool = True, kernel_init=None):
+    """A Linear with float32 params, ``dtype`` compute, and BERT-style N(0, std) init (or ``kernel_init``)."""
     return nnx.Linear(
         din,
         dout,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nnx.initializers.normal(std),
+        kernel_init=kernel_init or nnx.initializers.normal(std),
         bias_init=nnx.initializers.zeros,
         rngs=rngs,
     )
@@ -259,6 +259,24 @@ def linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs, std: float = 0.02, use
 
 def layer_norm(dim: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bool = True):
     return nnx.LayerNorm(dim, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def tied_logits(x_btd, table_vd, bias_v=None):
+    """Masked-LM logits with the decoder tied to the word embeddings: ``x @ table.T (+ bias)``, float32
+    ``[..., V]``. The product runs in ``x``'s compute dtype and accumulates in float32."""
+    logits = jnp.einsum("...d,vd->...v", x_btd, table_vd.astype(x_btd.dtype), preferred_element_type=jnp.float32)
+    return logits if bias_v is None else logits + bias_v.astype(jnp.float32)
+
+
+class TiedDecoder(nnx.Module):
+    """A vocabulary projection whose weight is the word-embedding table: only its bias ``[V]`` is its own
+    (HF ``vocab_projector.bias``, ``decoder.bias``; zeros as HF initialises it). No bias: no parameter."""
+
+    def __init__(self, vocab_size: int, use_bias: bool = True):
+        self.bias = nnx.Param(jnp.zeros((vocab_size,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x_btd, table_vd):
+        return tied_logits(x_btd, table_vd, None if self.bias is None else self.bias[...])
 
 
 # Tables up to this many rows get their gradient from a one-hot matmul (positions, token types);

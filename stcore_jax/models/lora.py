@@ -19,26 +19,17 @@ import dataclasses
 import logging
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcore_jax.models.registry import BY_MODEL_TYPE
+
 logger = logging.getLogger(__name__)
 
 LORA_KEY = "lora"  # the adapters' entry in SentenceTransformer.params
-# PEFT's default targets per architecture (the attention query and value projections). ModernBERT
-# fuses q, k and v into one Linear, which is then the target.
-DEFAULT_TARGETS = {
-    "bert": ("query", "value"),
-    "roberta": ("query", "value"),
-    "xlm-roberta": ("query", "value"),
-    "camembert": ("query", "value"),
-    "mpnet": ("q", "v"),
-    "distilbert": ("q_lin", "v_lin"),
-    "modernbert": ("Wqkv",),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +42,8 @@ class LoraConfig:
       target_modules: which Linear layers get adapters, by their Hugging Face module path inside the
         encoder (e.g. ``encoder.layer.3.attention.self.query``). As in PEFT, a string is a regex that
         must match the whole path, and a list matches a path equal to or ending in ``.<name>``.
-        None: the architecture's attention query/value projections (:data:`DEFAULT_TARGETS`).
+        None: the architecture's attention query/value projections (its record's ``lora_targets``,
+        ``models/registry.py``; ModernBERT fuses q, k and v into one Linear, which is then the target).
       lora_dropout: must be 0 (adapters are merged into the weight, so there is no separate branch
         to drop out).
       bias: must be ``"none"`` (biases stay frozen).
@@ -76,7 +68,8 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
         if self.lora_dropout:
             raise ValueError(f"LoraConfig.lora_dropout={self.lora_dropout} is not supported: stcore_jax merges "
-                             "adapters into the weights (W + scale*A@B), so there is no adapter branch to drop out. Use 0.0.")
+                             "adapters into the weights (W + scale*A@B), so there is no adapter branch to drop out. "
+                             "Use 0.0.")
         if self.bias != "none":
             raise ValueError(f"LoraConfig.bias={self.bias!r} is not supported; only 'none' (biases stay frozen)")
         if not isinstance(self.init_lora_weights, bool):
@@ -105,10 +98,11 @@ def select_targets(params: dict, target_modules, model_type: str | None) -> dict
     """The Linear layers ``target_modules`` names (PEFT matching rules), or a clear error."""
     linears = linear_paths(params)
     if target_modules is None:
-        if model_type not in DEFAULT_TARGETS:
+        if model_type not in BY_MODEL_TYPE:
             raise ValueError(f"LoraConfig.target_modules is None and there is no default for "
-                             f"model_type={model_type!r}; name the Linear layers, e.g. target_modules={sorted(linears)[:2]}")
-        target_modules = list(DEFAULT_TARGETS[model_type])
+                             f"model_type={model_type!r}; name the Linear layers, "
+                             f"e.g. target_modules={sorted(linears)[:2]}")
+        target_modules = list(BY_MODEL_TYPE[model_type].lora_targets)
     if isinstance(target_modules, str):
         hits = {n: p for n, p in linears.items() if re.fullmatch(target_modules, n)}
     else:
@@ -136,7 +130,7 @@ def init_adapters(params: dict, targets: dict[str, tuple], config: LoraConfig, k
     """Adapters for ``targets``: ``A`` [in, r] ~ U(+-1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5)) on
     its [r, in] ``lora_A``), ``B`` [r, out] zeros (or U(+-1/sqrt(r)) with ``init_lora_weights=False``)."""
     adapters: dict = {}
-    for i, (name, path) in enumerate(sorted(targets.items())):
+    for i, (_, path) in enumerate(sorted(targets.items())):
         din, dout = _get(params, path)["kernel"].shape
         ka, kb = jax.random.split(jax.random.fold_in(key, i))
         a = jax.random.uniform(ka, (din, config.r), jnp.float32, -1.0, 1.0) / math.sqrt(din)

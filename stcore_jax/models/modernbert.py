@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from stcore_jax.models.architecture import Architecture
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.layers import (
+    TiedDecoder,
     activation,
     attention_dropout,
     call_layer,
@@ -32,6 +34,54 @@ from stcore_jax.models.layers import (
     linear,
     merge_heads,
 )
+
+
+def _rope_theta(hf: dict, layer_type: str, legacy_key: str, default: float) -> float:
+    """Rope base for one attention kind: transformers 5 ``rope_parameters`` or the 4.x ``*_rope_theta``."""
+    rp = (hf.get("rope_parameters") or {}).get(layer_type) or {}
+    kind = rp.get("rope_type", "default")
+    if kind != "default":
+        raise ValueError(f"config.json: ModernBERT rope_type={kind!r} for {layer_type} is not supported "
+                         "(only the default rotary embedding is)")
+    return float(rp.get("rope_theta", hf.get(legacy_key, default)))
+
+
+def modernbert_config(hf: dict, dtype=jnp.float32) -> EncoderConfig:
+    """ModernBERT's ``config.json`` (transformers 5 ``layer_types`` / ``rope_parameters`` or the 4.x
+    ``global_attn_every_n_layers`` / ``*_rope_theta``) -> :class:`EncoderConfig`."""
+    n = hf.get("num_hidden_layers", 22)
+    every = hf.get("global_attn_every_n_layers", 3)
+    layer_types = tuple(hf.get("layer_types") or
+                        ["sliding_attention" if i % every else "full_attention" for i in range(n)])
+    if len(layer_types) != n or set(layer_types) - {"full_attention", "sliding_attention"}:
+        raise ValueError(f"config.json: ModernBERT layer_types must list 'full_attention'/'sliding_attention' for "
+                         f"each of the {n} layers, got {list(layer_types)}")
+    return EncoderConfig(
+        model_type="modernbert",
+        vocab_size=hf.get("vocab_size", 50368),
+        hidden_size=hf.get("hidden_size", 768),
+        num_hidden_layers=n,
+        num_attention_heads=hf.get("num_attention_heads", 12),
+        intermediate_size=hf.get("intermediate_size", 1152),
+        hidden_act=hf.get("hidden_activation", "gelu"),
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=float(hf.get("attention_dropout", 0.0)),
+        max_position_embeddings=hf.get("max_position_embeddings", 8192),
+        type_vocab_size=0,
+        layer_norm_eps=hf.get("norm_eps", 1e-5),
+        pad_token_id=hf.get("pad_token_id") or 0,
+        layer_types=layer_types,
+        local_attention=int(hf.get("local_attention", 128)),
+        global_rope_theta=_rope_theta(hf, "full_attention", "global_rope_theta", 160_000.0),
+        local_rope_theta=_rope_theta(hf, "sliding_attention", "local_rope_theta", 10_000.0),
+        norm_bias=bool(hf.get("norm_bias", False)),
+        attention_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+        embedding_dropout=float(hf.get("embedding_dropout", 0.0)),
+        mlp_dropout=float(hf.get("mlp_dropout", 0.0)),
+        dtype=dtype,
+        hf=dict(hf),
+    )
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float):
@@ -165,3 +215,81 @@ class ModernBertModel(nnx.Module):
             # transformers reports the final-normed output as the last hidden state (tie_last_hidden_states).
             out["hidden_states"] = tuple(hidden[:-1]) + (x,)
         return out
+
+
+# -- heads (transformers' ModernBertForSequenceClassification / ModernBertForMaskedLM) ------------------
+def _trunc_normal(cfg: EncoderConfig, std: float):
+    """transformers' ModernBERT init: normal(0, std) truncated at +-``initializer_cutoff_factor`` std."""
+    cutoff = cfg.hf.get("initializer_cutoff_factor")
+    cutoff = 3.0 if cutoff is None else float(cutoff)
+    return nnx.initializers.truncated_normal(std, lower=-cutoff, upper=cutoff)
+
+
+class ModernBertPredictionHead(nnx.Module):
+    """``dense`` (bias: ``classifier_bias``) -> ``classifier_activation`` -> ``norm``; shared by both heads."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        std = cfg.initializer_range / math.sqrt(2.0 * cfg.num_hidden_layers)  # HF's "out" std
+        self.dense = linear(d, d, dtype=cfg.dtype, rngs=rngs, use_bias=bool(cfg.hf.get("classifier_bias", False)),
+                            kernel_init=_trunc_normal(cfg, std))
+        self.act = activation(cfg.hf.get("classifier_activation", "gelu"))
+        self.norm = layer_norm(d, cfg.layer_norm_eps, dtype=cfg.dtype, rngs=rngs, use_bias=cfg.norm_bias)
+
+    def __call__(self, x):
+        return self.norm(self.act(self.dense(x)))
+
+
+class ModernBertForSequenceClassification(nnx.Module):
+    """``model`` -> ``classifier_pooling`` ("cls": the first token; "mean": over ``attention_mask``) -> ``head``
+    -> dropout (``classifier_dropout``) -> ``classifier``: same call as the other architectures' heads.
+    A row without tokens mean-pools to 0 (transformers divides by 0 there: NaN)."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int, rngs: nnx.Rngs):
+        self.pooling = cfg.hf.get("classifier_pooling", "cls")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"config.json: ModernBERT classifier_pooling must be 'cls' or 'mean', "
+                             f"got {self.pooling!r}")
+        self.model = ModernBertModel(cfg, rngs)
+        self.head = ModernBertPredictionHead(cfg, rngs)
+        self.classifier = linear(cfg.hidden_size, num_labels, dtype=cfg.dtype, rngs=rngs,
+                                 kernel_init=_trunc_normal(cfg, cfg.hidden_size ** -0.5))
+        self.rate = float(cfg.hf.get("classifier_dropout", 0.0))
+        self.head_site = cfg.num_hidden_layers + 1
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.model(input_ids, attention_mask, dropout_key=dropout_key)["last_hidden_state"]
+        if self.pooling == "cls":
+            x = h[:, 0]
+        else:
+            m = attention_mask.astype(h.dtype)[..., None]
+            x = (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1)
+        x = dropout(self.head(x), self.rate, fold(dropout_key, self.head_site))
+        return self.classifier(x).astype(jnp.float32)
+
+
+class ModernBertForMaskedLM(nnx.Module):
+    """``model`` -> ``head`` -> ``decoder`` (weight tied to ``model.embeddings.tok_embeddings``; bias when
+    ``decoder_bias``): [B, T, V] float32."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.model = ModernBertModel(cfg, rngs)
+        self.head = ModernBertPredictionHead(cfg, rngs)
+        self.decoder = TiedDecoder(cfg.vocab_size, use_bias=bool(cfg.hf.get("decoder_bias", True)))
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.model(input_ids, attention_mask, dropout_key=dropout_key)["last_hidden_state"]
+        return self.decoder(self.head(h), self.model.embeddings.tok_embeddings.embedding[...])
+
+
+ARCHITECTURE = Architecture(
+    model_types={"modernbert": "ModernBert"},
+    encoder=ModernBertModel,
+    config=modernbert_config,
+    lora_targets=("Wqkv",),  # q, k and v are one fused Linear
+    positions="rotary",
+    prefix="model",
+    sequence_classification=ModernBertForSequenceClassification,
+    masked_lm=ModernBertForMaskedLM,
+    tied={"decoder.weight": "model.embeddings.tok_embeddings.weight"},
+)

@@ -1,23 +1,43 @@
 """MPNet encoder: BERT-like layers with T5-style relative position buckets shared across layers.
 
 Names mirror Hugging Face's ``MPNetModel`` (``encoder.layer.{i}.attention.attn.{q,k,v,o}``,
-``encoder.relative_attention_bias``) so parameter paths are the weight keys.
+``encoder.relative_attention_bias``) so parameter paths are the weight keys. Its heads are RoBERTa's
+(``classifier.dense`` / ``classifier.out_proj``, ``lm_head.*``) over ``mpnet.*``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 from flax import nnx
 
-from stcore_jax.models.bert import BertEmbeddings, BertIntermediate, BertResidualOutput
+from stcore_jax.models.architecture import Architecture
+from stcore_jax.models.bert import BertEmbeddings, BertIntermediate, BertResidualOutput, bert_config
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import attention, call_layer, dropout, embed, fold, layer_norm, linear, merge_heads, split_heads
+from stcore_jax.models.layers import (
+    attention,
+    call_layer,
+    dropout,
+    embed,
+    fold,
+    layer_norm,
+    linear,
+    merge_heads,
+    split_heads,
+)
+from stcore_jax.models.roberta import RobertaClassificationHead, RobertaLMHead
 
 # Hugging Face computes the bias with the default 32 buckets whatever the config says.
 _NUM_BUCKETS = 32
 _MAX_DISTANCE = 128
+
+
+def mpnet_config(hf: dict, dtype=jnp.float32) -> EncoderConfig:
+    """BERT's key names; no token types unless ``type_vocab_size`` says so, and padding id 1 whatever the
+    config says (transformers' ``MPNetEmbeddings`` hard-codes ``padding_idx = 1``)."""
+    return dataclasses.replace(bert_config(hf, dtype), type_vocab_size=hf.get("type_vocab_size", 0), pad_token_id=1)
 
 
 def relative_position_bucket(relative_position_tt, num_buckets=_NUM_BUCKETS, max_distance=_MAX_DISTANCE):
@@ -79,7 +99,8 @@ class MPNetLayer(nnx.Module):
 class MPNetEncoder(nnx.Module):
     def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([MPNetLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
-        self.relative_attention_bias = embed(cfg.relative_attention_num_buckets, cfg.num_attention_heads, dtype=cfg.dtype, rngs=rngs)
+        self.relative_attention_bias = embed(cfg.relative_attention_num_buckets, cfg.num_attention_heads,
+                                             dtype=cfg.dtype, rngs=rngs)
 
     def position_bias(self, seq_len: int):
         """[H, T, T] additive attention bias from relative positions."""
@@ -116,3 +137,44 @@ class MPNetModel(nnx.Module):
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)
         return out
+
+
+# -- heads (transformers' MPNetForSequenceClassification / MPNetForMaskedLM: RoBERTa's heads) -----------
+class MPNetForSequenceClassification(nnx.Module):
+    """``mpnet`` -> ``classifier`` (dropout ``hidden_dropout_prob``; ``classifier_dropout`` is not read):
+    same call as :class:`stcore_jax.models.bert.BertForSequenceClassification`."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int, rngs: nnx.Rngs):
+        self.mpnet = MPNetModel(cfg, rngs)
+        self.classifier = RobertaClassificationHead(cfg, num_labels, cfg.hidden_dropout_prob, rngs)
+        self.head_site = cfg.num_hidden_layers + 1
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.mpnet(input_ids, attention_mask, dropout_key=dropout_key)["last_hidden_state"]
+        return self.classifier(h, fold(dropout_key, self.head_site)).astype(jnp.float32)
+
+
+class MPNetForMaskedLM(nnx.Module):
+    """``mpnet`` -> ``lm_head`` (decoder tied to ``mpnet.embeddings.word_embeddings``): [B, T, V] float32."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.mpnet = MPNetModel(cfg, rngs)
+        self.lm_head = RobertaLMHead(cfg, rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        h = self.mpnet(input_ids, attention_mask, dropout_key=dropout_key)["last_hidden_state"]
+        return self.lm_head(h, self.mpnet.embeddings.word_embeddings.embedding[...])
+
+
+ARCHITECTURE = Architecture(
+    model_types={"mpnet": "MPNet"},
+    encoder=MPNetModel,
+    config=mpnet_config,
+    lora_targets=("q", "v"),
+    positions="padding",
+    prefix="mpnet",
+    sequence_classification=MPNetForSequenceClassification,
+    masked_lm=MPNetForMaskedLM,
+    tied={"lm_head.decoder.weight": "mpnet.embeddings.word_embeddings.weight",
+          "lm_head.decoder.bias": "lm_head.bias"},
+)

@@ -23,7 +23,7 @@ from stcore_jax.io.safetensors_io import load_safetensors, save_safetensors
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.module import Module, ensure_dir, read_json, write_json
 from stcore_jax.models.packing import PACKED_PREFIX, is_packed, packed_features, unpack_tokens
-from stcore_jax.models.registry import encoder_class
+from stcore_jax.models.registry import architecture, encoder_class, encoder_config
 
 ST_CONFIG_NAMES = [
     "sentence_bert_config.json",
@@ -36,9 +36,6 @@ ST_CONFIG_NAMES = [
 ]
 
 
-ROBERTA_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")  # fairseq positions: from pad_token_id + 1
-
-
 def position_limit(config: EncoderConfig) -> int | None:
     """The longest input (tokens) the encoder has positions for; ``None``: no table (no limit).
 
@@ -47,13 +44,11 @@ def position_limit(config: EncoderConfig) -> int | None:
     table an embedding lookup is out of range: PyTorch raises, XLA's gather fills NaN, so a too-long
     input would silently encode to NaN. ModernBERT's rotary positions are computed for any length
     (models/modernbert.py ``rope_tables``), so nothing turns NaN and, as in the reference, a
-    ``max_seq_length`` past ``max_position_embeddings`` is the user's choice.
+    ``max_seq_length`` past ``max_position_embeddings`` is the user's choice. The architecture's record
+    says which (``Architecture.position_offset``).
     """
-    if config.model_type == "modernbert":
-        return None
-    if config.model_type in ROBERTA_POSITIONS:
-        return config.max_position_embeddings - config.pad_token_id - 1
-    return config.max_position_embeddings
+    offset = architecture(config.model_type).position_offset(config)
+    return None if offset is None else config.max_position_embeddings - offset
 
 
 def check_max_seq_length(value, config: EncoderConfig, where: str = "max_seq_length") -> int:
@@ -63,8 +58,9 @@ def check_max_seq_length(value, config: EncoderConfig, where: str = "max_seq_len
         raise ValueError(f"{where} must be a positive integer (tokens), got {value!r}")
     limit = position_limit(config)
     if limit is not None and value > limit:
-        offset = (f" (max_position_embeddings={config.max_position_embeddings} less {config.pad_token_id + 1} "
-                  f"for {config.model_type}'s position offset)" if config.model_type in ROBERTA_POSITIONS else
+        first = architecture(config.model_type).position_offset(config)
+        offset = (f" (max_position_embeddings={config.max_position_embeddings} less {first} "
+                  f"for {config.model_type}'s position offset)" if first else
                   " (max_position_embeddings in config.json)")
         raise ValueError(f"{where}={value} exceeds the {limit} positions this {config.model_type} model has"
                          f"{offset}; longer inputs cannot be embedded. Use at most {limit}")
@@ -116,7 +112,7 @@ class Transformer(Module):
         hf_cfg = read_json(cfg_path)
         hf_cfg.update(config_kwargs or {})
         cls = encoder_class(hf_cfg.get("model_type"), where=cfg_path)
-        self.config = EncoderConfig.from_hf(hf_cfg, dtype=compute_dtype)
+        self.config = encoder_config(hf_cfg, dtype=compute_dtype, where=cfg_path)
         self.encoder_cls = cls
         # Build the structure without materialising random weights, then fill it from the checkpoint.
         abstract = nnx.eval_shape(lambda: cls(self.config, nnx.Rngs(0)))
