@@ -71,9 +71,11 @@ class BaseModel(LoraAdapterMixin):
         self.prompts = {"query": "", "document": ""}
         self.prompts.update(saved.get("prompts") or {})
         self.prompts.update(prompts or {})
-        self.default_prompt_name = default_prompt_name if default_prompt_name is not None else saved.get("default_prompt_name")
+        self.default_prompt_name = (default_prompt_name if default_prompt_name is not None
+                                    else saved.get("default_prompt_name"))
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
-            raise ValueError(f"default_prompt_name={self.default_prompt_name!r} is not in prompts {sorted(self.prompts)}")
+            raise ValueError(f"default_prompt_name={self.default_prompt_name!r} is not in prompts "
+                             f"{sorted(self.prompts)}")
         self.model_card_data = model_card_data
         self.length_buckets = self.check_padding_lengths(length_buckets) if length_buckets else None
         self.trace_count = 0  # incremented each time an inference forward is traced (i.e. compiled)
@@ -185,7 +187,7 @@ class BaseModel(LoraAdapterMixin):
                                dropout_key=fold(dropout_key, i))
         return features
 
-    def with_compute_dtype(self, dtype) -> "BaseModel":
+    def with_compute_dtype(self, dtype) -> BaseModel:
         """A shallow copy whose modules compute in ``dtype`` (e.g. ``jnp.bfloat16``); parameters are
         shared and stay float32, ``self`` is unchanged. The trainer's ``bf16=True`` runs its steps on
         such a view (like torch autocast: the model itself keeps its dtype for encode and export)."""
@@ -217,7 +219,8 @@ class BaseModel(LoraAdapterMixin):
         if prompt is None:
             if prompt_name is not None:
                 if prompt_name not in self.prompts:
-                    raise ValueError(f"Prompt name {prompt_name!r} not found. Available prompts: {sorted(self.prompts)}")
+                    raise ValueError(f"Prompt name {prompt_name!r} not found. "
+                                     f"Available prompts: {sorted(self.prompts)}")
                 prompt = self.prompts[prompt_name]
             elif self.default_prompt_name is not None:
                 prompt = self.prompts.get(self.default_prompt_name)

@@ -55,7 +55,8 @@ class Dense(Module):
             # torch.nn.Linear's default init: U(-1/sqrt(in), 1/sqrt(in)).
             rng = np.random.default_rng(0) if rng is None else rng
             bound = 1.0 / np.sqrt(self.in_features)
-            params = {"linear": {"kernel": rng.uniform(-bound, bound, (self.in_features, self.out_features)).astype(np.float32)}}
+            kernel = rng.uniform(-bound, bound, (self.in_features, self.out_features)).astype(np.float32)
+            params = {"linear": {"kernel": kernel}}
             if self.bias:
                 params["linear"]["bias"] = rng.uniform(-bound, bound, (self.out_features,)).astype(np.float32)
         self.params = params
@@ -86,8 +87,8 @@ class Dense(Module):
     @classmethod
     def load(cls, path, **kwargs):
         cfg = read_json(os.path.join(path, "config.json"))
-        module = cls(**{k: v for k, v in cfg.items() if k in cls.config_keys or k.startswith("module_") or k == "use_residual"},
-                     params={})
+        module = cls(**{k: v for k, v in cfg.items()
+                        if k in cls.config_keys or k.startswith("module_") or k == "use_residual"}, params={})
         tensors = load_safetensors(path)
         module.params, _ = hf_to_params(tensors, module._abstract(), source=os.path.join(path, "model.safetensors"))
         return module

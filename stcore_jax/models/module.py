@@ -14,7 +14,6 @@ import json
 import os
 from typing import Any
 
-
 # Class name (the last component of a ``modules.json`` type path, legacy or 6.x) -> module class. Every
 # subclass of :class:`Module` registers itself under its name and its ``type_aliases``; importing any
 # ``stcore_jax.models`` submodule runs the package ``__init__``, which imports every module class.
@@ -61,7 +60,7 @@ class Module:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str, **kwargs) -> "Module":
+    def load(cls, path: str, **kwargs) -> Module:
         raise NotImplementedError
 
     def __repr__(self) -> str:

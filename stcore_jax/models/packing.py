@@ -22,7 +22,6 @@ Feature keys of a packed forward (``S`` data shards, ``R`` rows per shard, ``L``
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from stcore_jax.models.layers import Packing, TokenKeys
 

@@ -87,7 +87,8 @@ class Pooling(Module):
         legacy_modes = [mode for key, mode in LEGACY_KEYS.items() if legacy.pop(key, False)]
         unknown = [k for k in legacy if not k.startswith("pooling_mode")]
         if unknown:
-            raise ValueError(f"Pooling got unknown config keys {unknown}; known: {self.config_keys + list(LEGACY_KEYS)}")
+            raise ValueError(f"Pooling got unknown config keys {unknown}; "
+                             f"known: {self.config_keys + list(LEGACY_KEYS)}")
         if legacy_modes and pooling_mode == "mean":
             pooling_mode = legacy_modes[0] if len(legacy_modes) == 1 else tuple(legacy_modes)
         modes = (pooling_mode,) if isinstance(pooling_mode, str) else tuple(pooling_mode)

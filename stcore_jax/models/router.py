@@ -107,8 +107,8 @@ class Router(Module):
             self.structure[route] = []
             for pos, m in enumerate(mods):
                 if not isinstance(m, Module):
-                    raise ValueError(f"Router: route {route!r} position {pos} is a {type(m).__name__}, not a stcore_jax "
-                                     "module (Transformer, StaticEmbedding, Pooling, Dense, Normalize, ...)")
+                    raise ValueError(f"Router: route {route!r} position {pos} is a {type(m).__name__}, not a "
+                                     "stcore_jax module (Transformer, StaticEmbedding, Pooling, Dense, Normalize, ...)")
                 mid = ids_by_object.get(id(m))
                 if mid is None:
                     mid = ids_by_object[id(m)] = f"{route}_{pos}_{type(m).__name__}"
@@ -130,7 +130,7 @@ class Router(Module):
 
     @classmethod
     def for_query_document(cls, query_modules, document_modules, default_route: str | None = "document",
-                           allow_empty_key: bool = True) -> "Router":
+                           allow_empty_key: bool = True) -> Router:
         """A Router with ``"query"`` and ``"document"`` routes (``encode_query`` / ``encode_document``)."""
         return cls({"query": list(query_modules), "document": list(document_modules)}, default_route=default_route,
                    allow_empty_key=allow_empty_key)
@@ -229,7 +229,7 @@ class Router(Module):
             if hasattr(m, "max_seq_length"):
                 m.max_seq_length = int(value)
 
-    def with_compute_dtype(self, dtype) -> "Router":
+    def with_compute_dtype(self, dtype) -> Router:
         """A shallow copy whose sub-modules compute in ``dtype`` (the trainer's ``bf16`` view); parameters
         and the route structure are shared, so a module shared by two routes stays one module."""
         converted = {mid: m.with_compute_dtype(dtype) if hasattr(m, "with_compute_dtype") else m

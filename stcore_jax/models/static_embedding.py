@@ -36,7 +36,8 @@ def _as_tokenizer(tokenizer):
         tokenizer = backend
     if not isinstance(tokenizer, Tokenizer):
         raise ValueError(f"StaticEmbedding needs a fast tokenizer (tokenizers.Tokenizer or PreTrainedTokenizerFast), "
-                         f"got {type(tokenizer).__name__}; load one with tokenizers.Tokenizer.from_file('tokenizer.json')")
+                         f"got {type(tokenizer).__name__}; load one with "
+                         "tokenizers.Tokenizer.from_file('tokenizer.json')")
     tok = Tokenizer.from_str(tokenizer.to_str())  # a copy: no_padding() must not change the caller's tokenizer
     tok.no_padding()
     return tok
@@ -165,7 +166,7 @@ class StaticEmbedding(Module):
         return cls(Tokenizer.from_file(tok_path), embedding_weights=table, **kept)
 
     @classmethod
-    def from_model2vec(cls, model_id_or_path: str) -> "StaticEmbedding":
+    def from_model2vec(cls, model_id_or_path: str) -> StaticEmbedding:
         """A local Model2Vec directory (``config.json``, ``model.safetensors``, ``tokenizer.json``)."""
         if not os.path.isdir(str(model_id_or_path)):
             raise FileNotFoundError(f"from_model2vec: {model_id_or_path!r} is not a local directory (stcore_jax reads "
@@ -177,7 +178,7 @@ class StaticEmbedding(Module):
     @classmethod
     def from_distillation(cls, model_name: str, vocabulary=None, device=None, pca_dims=256, apply_zipf=True,
                           sif_coefficient=1e-4, token_remove_pattern=r"\[unused\d+\]", quantize_to="float32",
-                          use_subword=True, batch_size: int = 1024, **kwargs) -> "StaticEmbedding":
+                          use_subword=True, batch_size: int = 1024, **kwargs) -> StaticEmbedding:
         """Distill a transformer's vocabulary into a static table (Model2Vec's recipe, natively in JAX):
         see :func:`stcore_jax.distill.distill`."""
         from stcore_jax.distill import distill

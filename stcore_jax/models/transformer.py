@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-
 import json
 import os
 
@@ -119,7 +118,8 @@ class Transformer(Module):
         self.graphdef, abstract_state = nnx.split(abstract)
         abstract_params = nnx.to_pure_dict(abstract_state)
         tensors = load_safetensors(path)  # raises a clear error before anything else happens
-        params, self.extra_tensors = hf_to_params(tensors, abstract_params, source=os.path.join(path, "model.safetensors"))
+        params, self.extra_tensors = hf_to_params(tensors, abstract_params,
+                                                  source=os.path.join(path, "model.safetensors"))
         self.params = jax.tree_util.tree_map(jnp.asarray, params)
 
         self.tokenizer = _load_tokenizer(tokenizer_name_or_path or path, processor_kwargs or tokenizer_kwargs)
@@ -215,7 +215,7 @@ class Transformer(Module):
     def get_embedding_dimension(self):
         return self.config.hidden_size
 
-    def with_compute_dtype(self, dtype) -> "Transformer":
+    def with_compute_dtype(self, dtype) -> Transformer:
         """A shallow copy whose encoder computes in ``dtype`` (parameters, tokenizer and the
         gradient-checkpointing setting are shared/kept; ``self`` is unchanged). The trainer runs its
         step on such a copy for ``bf16=True``: float32 master weights, bfloat16 activations."""
@@ -265,9 +265,10 @@ class Transformer(Module):
                 st_cfg, st_cfg_path = read_json(p), p
                 break
         args = {k: st_cfg[k] for k in ("max_seq_length", "do_lower_case") if k in st_cfg}
-        for k in ("model_args", "tokenizer_args", "config_args"):  # legacy names
+        legacy = {"model_args": "model_kwargs", "tokenizer_args": "processor_kwargs", "config_args": "config_kwargs"}
+        for k, new in legacy.items():  # legacy names
             if k in st_cfg:
-                args[{"model_args": "model_kwargs", "tokenizer_args": "processor_kwargs", "config_args": "config_kwargs"}[k]] = st_cfg[k]
+                args[new] = st_cfg[k]
         for k in ("model_kwargs", "processor_kwargs", "config_kwargs"):
             if k in st_cfg:
                 args[k] = st_cfg[k]

@@ -119,7 +119,8 @@ class SentenceTransformer(BaseModel):
                 out = self.forward(params, features, task=task)
                 if output_value == "sentence_embedding":
                     return out["sentence_embedding"]
-                return {k: v for k, v in out.items() if k in ("token_embeddings", "sentence_embedding", "attention_mask")}
+                keep = ("token_embeddings", "sentence_embedding", "attention_mask")
+                return {k: v for k, v in out.items() if k in keep}
 
             self._jit_cache[key] = jax.jit(run)
         return self._jit_cache[key]
@@ -148,7 +149,8 @@ class SentenceTransformer(BaseModel):
         if sentences is None or not hasattr(sentences, "__len__"):
             raise TypeError(f"encode expects a string or a list of strings, got {type(sentences).__name__}")
         sentences = list(sentences)
-        if task is None and isinstance(self.input_module, Router) and sentences and all(isinstance(s, dict) for s in sentences):
+        if (task is None and isinstance(self.input_module, Router) and sentences
+                and all(isinstance(s, dict) for s in sentences)):
             task, sentences = _legacy_task_inputs(sentences)
         for i, s in enumerate(sentences):
             if not isinstance(s, str):
@@ -178,9 +180,9 @@ class SentenceTransformer(BaseModel):
         if show_progress_bar is None:
             show_progress_bar = logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
         results = [None] * len(texts)
+        extra = None if prompt_length is None else {"prompt_length": np.int32(prompt_length)}
         batches = self._run_bucketed(input_module, input_module.tokenize_ids(texts), batch_size, fn, mesh,
-                                     extra=None if prompt_length is None else {"prompt_length": np.int32(prompt_length)},
-                                     show_progress_bar=show_progress_bar)
+                                     extra=extra, show_progress_bar=show_progress_bar)
         for idx, out in batches:
             for j, i in enumerate(idx):
                 if output_value == "sentence_embedding":
