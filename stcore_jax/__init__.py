@@ -5,11 +5,11 @@ __version__ = "0.1.0"
 from stcore_jax.models import Asym, Dense, Normalize, Pooling, Router, StaticEmbedding, Transformer  # noqa: E402
 from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
+from stcore_jax.sentence_transformer.trainer import SentenceTransformerTrainer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
 from stcore_jax.training import (  # noqa: E402
     BatchSamplers,
     MultiDatasetBatchSamplers,
-    SentenceTransformerTrainer,
     SentenceTransformerTrainingArguments,
 )
 

@@ -144,13 +144,13 @@ def token_embeddings(transformer, batch_size: int = 1024) -> np.ndarray:
 
 
 def distill(model_name, vocabulary=None, pca_dims=256, apply_zipf=True, sif_coefficient=1e-4,
-            token_remove_pattern=r"\[unused\d+\]", quantize_to="float32", use_subword=True, batch_size=1024):
+            token_remove_pattern=r"\[unused\d+\]", quantize_to="float32", use_subword=True, batch_size=1024, *,
+            load_transformer):
     """Distill ``model_name`` (a local Hugging Face or sentence-transformers directory whose root holds
     the encoder) -> ``(tokenizers.Tokenizer, [vocab, dim] float32 table)``. Arguments as the reference's
-    ``StaticEmbedding.from_distillation``; custom vocabularies and quantization are not supported."""
-    from stcore_jax.io.hub import resolve_model_path
-    from stcore_jax.models.transformer import Transformer
-
+    ``StaticEmbedding.from_distillation``; custom vocabularies and quantization are not supported.
+    ``load_transformer(model_name)`` loads the encoder (a ``Transformer`` module), called once every
+    argument has been checked (``StaticEmbedding.from_distillation`` passes it: this file imports no model)."""
     # Every argument is checked before the encoder is loaded and run.
     if vocabulary is not None or not use_subword:
         raise ValueError("from_distillation: a custom vocabulary / use_subword=False needs Model2Vec's word-level "
@@ -168,7 +168,7 @@ def distill(model_name, vocabulary=None, pca_dims=256, apply_zipf=True, sif_coef
         except re.error as e:
             raise ValueError(f"from_distillation: invalid token_remove_pattern {token_remove_pattern!r}: {e}") from None
 
-    transformer = Transformer(resolve_model_path(model_name))
+    transformer = load_transformer(model_name)
     raw = token_embeddings(transformer, batch_size)
     backend = transformer.tokenizer.backend_tokenizer
     id_to_token = {i: t for t, i in transformer.tokenizer.get_vocab().items()}

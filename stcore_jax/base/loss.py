@@ -27,10 +27,19 @@ Context keywords understood by ``compute_loss_from_embeddings`` (all optional):
     ``gather_across_devices=False`` score each shard's anchors only against that shard's candidates.
 ``guide_embeddings``
     ``GISTEmbedLoss`` only: the guide model's embeddings, one ``[B, D_guide]`` array per column.
+
+What a loss needs from the trainer is **declared**, not guessed: :attr:`Loss.inputs` is a
+:class:`LossInputs` (what to embed, GradCache chunking, a guide model, a random key, the label range the
+data must respect, own parameters). The one dispatcher
+(:func:`stcore_jax.sentence_transformer.losses.embed.compute_loss`) switches on it, and a
+:class:`WrapperLoss` (MatryoshkaLoss, AdaptiveLayerLoss) derives its declaration and its column/label
+contract from the loss it wraps.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -178,12 +187,54 @@ def check_context(loss_name: str, context: dict[str, Any]) -> None:
                         f"known: {sorted(CONTEXT_KEYS)}.")
 
 
+class InputKind(enum.Enum):
+    """What the dispatcher computes from a batch's features and hands to ``compute_loss_from_embeddings``.
+
+    Open: rerankers will add scores, SPLADE sparse vectors.
+    """
+
+    EMBEDDINGS = "embeddings"  # per column: the [B, D] sentence embedding (the last layer's)
+    LAYER_EMBEDDINGS = "layer_embeddings"  # per hidden state l = 0..L (embeddings output first), per column: [B, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRange:
+    """The label values a loss can use, checked on the data before training (1-D labels only): out of
+    range, such labels do not fail in the step but train silently wrong (sentence_transformer/data.py
+    ``check_label_range``)."""
+
+    loss: str  # the loss whose rule this is, for the message
+    need: str  # what it needs, e.g. "labels 0 or 1"
+    bad: Callable  # labels [N] (numpy) -> [N] bool: the rows out of range
+
+
+@dataclasses.dataclass(frozen=True)
+class LossInputs:
+    """What a loss needs from the trainer: its declaration (:attr:`Loss.inputs`).
+
+    ``kind``: what is embedded (:class:`InputKind`). ``mini_batch_size``: GradCache, embed in chunks of this many
+    rows (None: in one pass); ``num_shards``: the data-parallel degree the chunks are laid out for when the
+    caller gives none. ``guide``: a guide model whose embeddings of every column the loss also takes (GIST).
+    ``needs_key``: the loss samples at random and takes a ``key=``. ``label_range``: the label values it can
+    use (:class:`LabelRange`), or None. ``owns_params``: it has trainable parameters (:meth:`Loss.init_params`).
+    """
+
+    kind: InputKind = InputKind.EMBEDDINGS
+    mini_batch_size: int | None = None
+    num_shards: int = 1
+    guide: Any = None
+    needs_key: bool = False
+    label_range: LabelRange | None = None
+    owns_params: bool = False
+
+
 class Loss:
     """Base class: hyperparameter holder + column/label contract + call into a pure function.
 
     Subclasses set ``min_inputs``/``max_inputs`` (``None`` = unbounded), ``label`` (``"required"``,
     ``"none"`` or ``"optional"``), ``inputs_doc``/``label_doc`` (human descriptions used in error
-    messages) and implement :meth:`compute_loss_from_embeddings`.
+    messages), ``inputs`` (a :class:`LossInputs`; a property where it depends on the constructor's
+    arguments) and implement :meth:`compute_loss_from_embeddings`.
     """
 
     min_inputs: int = 1
@@ -191,6 +242,7 @@ class Loss:
     label: str = "none"
     inputs_doc: str = ""
     label_doc: str = "a label column"
+    inputs: LossInputs = LossInputs()
 
     def __init__(self, model=None) -> None:
         # Stored for API compatibility (the trainer reads e.g. the embedding dimension from it);
@@ -233,7 +285,7 @@ class Loss:
     @property
     def needs_key(self) -> bool:
         """Whether ``compute_loss_from_embeddings`` needs a ``key=`` (random sub-sampling)."""
-        return False
+        return self.inputs.needs_key
 
     # --- computation ---------------------------------------------------------------------------
     def compute_loss_from_embeddings(self, embeddings: Sequence[Array], labels=None, **context):
@@ -247,3 +299,56 @@ class Loss:
 
     def __repr__(self) -> str:
         return f"{self.name}({self.get_config_dict()})"
+
+
+class WrapperLoss(Loss):
+    """A loss modifier around another loss, ``self.loss`` (MatryoshkaLoss, AdaptiveLayerLoss; later SpladeLoss).
+
+    It takes the wrapped loss's columns and labels, owns its parameters, and declares what the wrapped loss
+    declares as changed by :meth:`derive_inputs`. ``wraps``: the input kinds the wrapped loss may need
+    (checked at construction and by ``validate_loss``: :meth:`check_wrapped`).
+    """
+
+    wraps: frozenset = frozenset({InputKind.EMBEDDINGS})
+
+    def __init__(self, model, loss: Loss) -> None:
+        super().__init__(model)
+        if not isinstance(loss, Loss):
+            raise TypeError(f"{self.name} wraps a stcore_jax loss, got {type(loss).__name__}.")
+        self.loss = loss
+        self.check_wrapped()
+
+    def derive_inputs(self, inner: LossInputs) -> LossInputs:
+        """This wrapper's declaration from the wrapped loss's (override to change what it needs)."""
+        return inner
+
+    @property
+    def inputs(self) -> LossInputs:
+        return self.derive_inputs(self.loss.inputs)
+
+    def check_wrapped(self) -> None:
+        """Raise ``ValueError`` if the wrapped loss needs an input this wrapper cannot give it."""
+        kind = self.loss.inputs.kind
+        if kind not in self.wraps:
+            raise ValueError(f"{self.name} cannot wrap {self.loss.name}: {self.loss.name} takes {kind.value}, but "
+                             f"{self.name} gives its wrapped loss {' or '.join(k.value for k in self.wraps)}. "
+                             f"Nest them the other way round (e.g. AdaptiveLayerLoss(model, MatryoshkaLoss(...)), "
+                             f"which Matryoshka2dLoss builds).")
+
+    # The column/label contract and parameters: the wrapped loss's.
+    min_inputs = property(lambda self: self.loss.min_inputs)
+    max_inputs = property(lambda self: self.loss.max_inputs)
+    inputs_doc = property(lambda self: self.loss.inputs_doc)
+    label_doc = property(lambda self: self.loss.label_doc)
+
+    def label_rule(self, num_inputs: int) -> str:
+        return self.loss.label_rule(num_inputs)
+
+    def validate_columns(self, num_inputs: int, has_label: bool) -> None:
+        try:
+            self.loss.validate_columns(num_inputs, has_label)
+        except ValueError as err:
+            raise ValueError(f"{self.name} wrapping {err}") from None
+
+    def init_params(self, rng) -> dict:
+        return self.loss.init_params(rng)

@@ -182,10 +182,13 @@ class StaticEmbedding(Module):
         """Distill a transformer's vocabulary into a static table (Model2Vec's recipe, natively in JAX):
         see :func:`stcore_jax.distill.distill`."""
         from stcore_jax.distill import distill
+        from stcore_jax.io.hub import resolve_model_path
+        from stcore_jax.models.transformer import Transformer
 
         tokenizer, table = distill(model_name, vocabulary=vocabulary, pca_dims=pca_dims, apply_zipf=apply_zipf,
                                    sif_coefficient=sif_coefficient, token_remove_pattern=token_remove_pattern,
-                                   quantize_to=quantize_to, use_subword=use_subword, batch_size=batch_size)
+                                   quantize_to=quantize_to, use_subword=use_subword, batch_size=batch_size,
+                                   load_transformer=lambda name: Transformer(resolve_model_path(name)))
         return cls(tokenizer, embedding_weights=table, base_model=str(model_name))
 
     def __repr__(self):

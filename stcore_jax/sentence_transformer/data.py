@@ -67,7 +67,8 @@ def _warn_order(name, columns):
         if want is not None and want != i:
             warnings.warn(
                 f"Dataset {name!r}: column {c!r} is input {i}, but that name usually comes at position {want}. "
-                f"Columns are used in order {columns}; reorder them with dataset.select_columns([...]) if that is not intended.",
+                f"Columns are used in order {columns}; reorder them with dataset.select_columns([...]) if that "
+                "is not intended.",
                 stacklevel=3,
             )
             break
@@ -103,7 +104,8 @@ def resolve_task(router_mapping, dataset_name: str | None, column: str, is_dict_
     if any(isinstance(v, dict) for v in router_mapping.values()):
         if not is_dict_dataset:
             raise ValueError("router_mapping of the form {dataset: {column: task}} needs a DatasetDict / dict of "
-                             f"datasets; with a single dataset use {{column: task}} (got keys {sorted(router_mapping)})")
+                             "datasets; with a single dataset use {column: task} "
+                             f"(got keys {sorted(router_mapping)})")
         return (router_mapping.get(dataset_name) or {}).get(column)
     return router_mapping.get(column)
 
@@ -111,13 +113,14 @@ def resolve_task(router_mapping, dataset_name: str | None, column: str, is_dict_
 def _check_texts(values, dataset, column, first_row=0):
     for i, v in enumerate(values, first_row):
         if v is None:
-            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is None; drop or fill such rows "
-                             f"(e.g. dataset.filter(lambda r: r[{column!r}] is not None))")
+            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is None; drop or fill such "
+                             f"rows (e.g. dataset.filter(lambda r: r[{column!r}] is not None))")
         if not isinstance(v, str):
             raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: expected a string, got "
                              f"{type(v).__name__} ({v!r}); each input cell must hold one text")
         if not v.strip():
-            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is empty; drop or fill such rows")
+            raise ValueError(f"Dataset {dataset!r}, column {column!r}, row {i}: the text is empty; drop or fill "
+                             "such rows")
 
 
 def _check_labels(values, dataset, column, first_row=0) -> np.ndarray:
@@ -138,30 +141,12 @@ def _check_labels(values, dataset, column, first_row=0) -> np.ndarray:
 
 
 def _label_rule(loss):
-    """``(loss, bad, requirement)`` for losses whose labels have a meaning only in a range (``loss`` unwrapped
-    from modifiers), else None; ``bad(labels [N]) -> [N] bool``. Out of range, these labels do not fail in
-    the step: a class id past SoftmaxLoss's classes gathers NaN (the step is skipped), -1 wraps to the last
-    class and a float one is truncated; OnlineContrastiveLoss ignores pairs labelled neither 0 nor 1; cosine
+    """The label range ``loss`` declares (``loss.inputs.label_range``, a :class:`stcore_jax.base.loss.LabelRange`;
+    a modifier such as MatryoshkaLoss declares its wrapped loss's), else None. Out of range, these labels do not
+    fail in the step: a class id past SoftmaxLoss's classes gathers NaN (the step is skipped), -1 wraps to the
+    last class and a float one is truncated; OnlineContrastiveLoss ignores pairs labelled neither 0 nor 1; cosine
     similarity cannot reach a score of 5. PyTorch raises for the class ids only."""
-    from stcore_jax.losses import ContrastiveLoss, CosineSimilarityLoss, OnlineContrastiveLoss, SoftmaxLoss
-    from stcore_jax.base.loss import Loss
-
-    while isinstance(getattr(loss, "loss", None), Loss):  # modifiers (MatryoshkaLoss, AdaptiveLayerLoss) wrap one
-        loss = loss.loss
-    if isinstance(loss, SoftmaxLoss) and loss.loss_fct is None:
-        n = loss.num_labels
-        return (loss, (lambda y: (y != np.floor(y)) | (y < 0) | (y >= n)),
-                f"integer class ids 0..{n - 1} (num_labels={n})")
-    if isinstance(loss, OnlineContrastiveLoss):
-        return loss, (lambda y: (y != 0) & (y != 1)), "labels 0 or 1 (pairs labelled otherwise would be ignored)"
-    if isinstance(loss, ContrastiveLoss):
-        return loss, (lambda y: (y < 0) | (y > 1)), "labels in [0, 1] (1 = similar, 0 = dissimilar)"
-    if isinstance(loss, CosineSimilarityLoss) and loss.cos_score_transformation is None:
-        # finite ones: an infinite score is left to nonfinite_policy (its step is skipped and counted, or stops)
-        return loss, (lambda y: np.isfinite(y) & (np.abs(y) > 1)), ("scores in [-1, 1], the range of cosine "
-                                                                   "similarity (scale them, e.g. STS-B's 0-5 scores "
-                                                                   "divided by 5)")
-    return None
+    return loss.inputs.label_range
 
 
 def check_label_range(loss, labels: np.ndarray, dataset, column, first_row=0) -> None:
@@ -170,11 +155,10 @@ def check_label_range(loss, labels: np.ndarray, dataset, column, first_row=0) ->
     rule = _label_rule(loss)
     if rule is None or labels.ndim != 1:
         return
-    inner, bad, need = rule
-    rows = np.flatnonzero(bad(labels))
+    rows = np.flatnonzero(rule.bad(labels))
     if rows.size:
         raise ValueError(f"Dataset {dataset!r}, label column {column!r}, row {first_row + int(rows[0])}: "
-                         f"{type(inner).__name__} needs {need}, got {labels[rows[0]].item():g} "
+                         f"{rule.loss} needs {rule.need}, got {labels[rows[0]].item():g} "
                          f"({rows.size} row(s) out of range)")
 
 
@@ -303,7 +287,8 @@ def collate_packed(ds: PreparedDataset, rows, batch_size: int, num_shards: int, 
     prompts = any(pl is not None for pl in ds.prompt_lengths)
     columns = []
     for c in range(ncol):
-        col = {k: np.concatenate([p[k][c * per:(c + 1) * per] for p in parts]) for k in ("attention_mask", "pack_start")}
+        col = {k: np.concatenate([p[k][c * per:(c + 1) * per] for p in parts])
+               for k in ("attention_mask", "pack_start")}
         if prompts:  # every column gets one, so that the columns stack into one forward (0 = no prompt)
             col["prompt_length"] = np.full((len(shards) * per,), ds.prompt_lengths[c] or 0, np.int32)
         columns.append(col)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any
 
 from stcore_jax.training.callbacks import TrainerCallback
 
@@ -94,7 +93,8 @@ def dataset_info(name: str, ds, n_samples: int = 3) -> dict:
 def loss_info(name: str, loss) -> dict:
     cfg = loss.get_config_dict() if hasattr(loss, "get_config_dict") else {}
     return {"dataset": name, "loss": type(loss).__name__,
-            "config": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v)) for k, v in cfg.items()}}
+            "config": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
+                       for k, v in cfg.items()}}
 
 
 class ModelCardCallback(TrainerCallback):
@@ -115,7 +115,8 @@ class ModelCardCallback(TrainerCallback):
         card.train_dataset_info = [dataset_info(n, d) for n, d in t.train_data.items()]
         card.eval_dataset_info = [dataset_info(n, d) for n, d in t.eval_data.items()]
         # Names the user gave (train_datasets=[{"name": ...}]) replace the trainer's dataset keys.
-        for infos, given in ((card.train_dataset_info, card.train_datasets), (card.eval_dataset_info, card.eval_datasets)):
+        for infos, given in ((card.train_dataset_info, card.train_datasets),
+                             (card.eval_dataset_info, card.eval_datasets)):
             for info, g in zip(infos, given or []):
                 if isinstance(g, dict) and g.get("name"):
                     info["name"] = g["name"]
@@ -211,7 +212,8 @@ def render_model_card(model) -> str:
     names = [i["name"] for i in card.train_dataset_info]
     out = [_front_matter(model, card), f"# {name}", "",
            "This is a [sentence-transformers](https://www.SBERT.net) model"
-           + (f" finetuned from [{card.base_model}](https://huggingface.co/{card.base_model})" if card.base_model else "")
+           + (f" finetuned from [{card.base_model}](https://huggingface.co/{card.base_model})"
+              if card.base_model else "")
            + (f" on {', '.join(names)}" if names else "")
            + " with stcore_jax (JAX/Flax). It maps sentences & paragraphs to a "
            f"{model.get_embedding_dimension()}-dimensional dense vector space.", "",
@@ -257,11 +259,14 @@ def render_model_card(model) -> str:
             out.append("")
         train_logs = [r for r in card.training_logs if "loss" in r or any(k.startswith("eval_") for k in r)]
         if train_logs:
-            cols = ["epoch", "step"] + [k for k in dict.fromkeys(k for r in train_logs for k in r)
-                                        if k in ("loss",) or (k.startswith("eval_") and not k.endswith(("runtime", "_per_second")))]
-            out += ["### Training Logs", "", "| " + " | ".join(c.replace("loss", "Training Loss", 1) if c == "loss" else c for c in cols) + " |",
-                    "|" + "|".join(":--" for _ in cols) + "|"]
-            out += ["| " + " | ".join(_fmt(r[c]) if c in r and r[c] is not None else "-" for c in cols) + " |" for r in train_logs]
+            def shown(k):
+                return k == "loss" or (k.startswith("eval_") and not k.endswith(("runtime", "_per_second")))
+
+            cols = ["epoch", "step"] + [k for k in dict.fromkeys(k for r in train_logs for k in r) if shown(k)]
+            header = " | ".join("Training Loss" if c == "loss" else c for c in cols)
+            out += ["### Training Logs", "", "| " + header + " |", "|" + "|".join(":--" for _ in cols) + "|"]
+            out += ["| " + " | ".join(_fmt(r[c]) if c in r and r[c] is not None else "-" for c in cols) + " |"
+                    for r in train_logs]
             out.append("")
     out += ["### Framework Versions", _versions(), ""]
     return "\n".join(out)

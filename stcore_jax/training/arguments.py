@@ -1,4 +1,9 @@
-"""``SentenceTransformerTrainingArguments``: sentence-transformers / Hugging Face names and defaults.
+"""Training arguments: sentence-transformers / Hugging Face names and defaults.
+
+``TrainingArguments`` holds every argument of the generic loop (training/trainer.py); as in
+sentence-transformers 6, whose ``BaseTrainingArguments`` all three families share, the data arguments
+(``prompts``, ``router_mapping``, the samplers) are among them, and each family has its named subclass
+(``SentenceTransformerTrainingArguments`` here, importable from where it always was).
 
 Everything is validated in ``__post_init__`` so a bad argument fails before any data is read or
 anything is compiled. JAX additions: ``mesh_shape`` (data, fsdp), ``fsdp_min_size``, ``length_buckets``,
@@ -11,7 +16,8 @@ import dataclasses
 import enum
 import json
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
@@ -53,7 +59,7 @@ def _maybe_json(value, field):
 
 
 @dataclasses.dataclass
-class SentenceTransformerTrainingArguments:
+class TrainingArguments:
     output_dir: str | None = None
     overwrite_output_dir: bool = False
     num_train_epochs: float = 3.0
@@ -135,7 +141,8 @@ class SentenceTransformerTrainingArguments:
                 raise ValueError(f"{f} must be a number of steps (an integer), or a float in (0, 1) for a ratio of the "
                                  f"total steps; got {v!r}")
         if self.lr_scheduler_type not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is not supported; choose one of {SCHEDULERS}")
+            raise ValueError(f"lr_scheduler_type={self.lr_scheduler_type!r} is not supported; "
+                             f"choose one of {SCHEDULERS}")
         if self.optim not in OPTIMIZERS:
             raise ValueError(f"optim={self.optim!r} is not supported; choose one of {OPTIMIZERS}")
         for f in ("eval_strategy", "save_strategy", "logging_strategy"):
@@ -146,7 +153,8 @@ class SentenceTransformerTrainingArguments:
             setattr(self, f, v)
         if self.eval_strategy == "steps" and not self.eval_steps:
             raise ValueError(
-                'eval_strategy="steps" needs eval_steps (a number of steps, or a float < 1 for a ratio of the total steps)'
+                'eval_strategy="steps" needs eval_steps (a number of steps, or a float < 1 for a ratio of the '
+                'total steps)'
             )
         if self.save_strategy == "steps" and not self.save_steps:
             raise ValueError('save_strategy="steps" needs save_steps > 0')
@@ -161,10 +169,12 @@ class SentenceTransformerTrainingArguments:
                 raise ValueError("load_best_model_at_end needs an eval_strategy other than 'no'")
             if self.save_strategy != self.eval_strategy and self.save_strategy != "best":
                 raise ValueError(
-                    f"load_best_model_at_end needs save_strategy == eval_strategy (got {self.save_strategy!r} and {self.eval_strategy!r})"
+                    f"load_best_model_at_end needs save_strategy == eval_strategy (got {self.save_strategy!r} and "
+                    f"{self.eval_strategy!r})"
                 )
             if self.save_strategy == "steps" and self.save_steps % self.eval_steps:
-                raise ValueError(f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple of eval_steps ({self.eval_steps})")
+                raise ValueError(f"load_best_model_at_end needs save_steps ({self.save_steps}) to be a multiple of "
+                                 f"eval_steps ({self.eval_steps})")
         if self.metric_for_best_model is None and self.load_best_model_at_end:
             self.metric_for_best_model = "loss"
         if self.metric_for_best_model is not None and not self.metric_for_best_model.startswith("eval_"):
@@ -181,7 +191,8 @@ class SentenceTransformerTrainingArguments:
         lb = self.length_buckets
         if lb is not None:
             if isinstance(lb, (list, tuple)):
-                if not lb or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in lb) or list(lb) != sorted(lb):
+                bad = any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in lb)
+                if not lb or bad or list(lb) != sorted(lb):
                     raise ValueError(f"length_buckets must be increasing positive token lengths, e.g. (32, 64, 128), "
                                      f"or the number of buckets to fit to the data, e.g. 4; got {lb!r}")
                 self.length_buckets = tuple(lb)
@@ -216,9 +227,14 @@ class SentenceTransformerTrainingArguments:
         return out
 
 
-def non_default_args(args: SentenceTransformerTrainingArguments) -> dict:
-    """The arguments that differ from the defaults (for the model card)."""
-    default = SentenceTransformerTrainingArguments(output_dir=args.output_dir)
+@dataclasses.dataclass
+class SentenceTransformerTrainingArguments(TrainingArguments):
+    """The arguments of :class:`stcore_jax.SentenceTransformerTrainer` (the bi-encoder family)."""
+
+
+def non_default_args(args: TrainingArguments) -> dict:
+    """The arguments that differ from the defaults of their class (for the model card)."""
+    default = type(args)(output_dir=args.output_dir)
     a, d = args.to_dict(), default.to_dict()
     return {k: v for k, v in a.items() if v != d[k]}
 

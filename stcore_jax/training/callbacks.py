@@ -7,17 +7,7 @@ import json
 import math
 import os
 
-
-@dataclasses.dataclass
-class TrainerState:
-    global_step: int = 0
-    epoch: float = 0.0
-    max_steps: int = 0
-    num_train_epochs: int = 0
-    log_history: list = dataclasses.field(default_factory=list)
-    best_metric: float | None = None
-    best_model_checkpoint: str | None = None
-    is_world_process_zero: bool = True
+from stcore_jax.training.state import TrainerState  # noqa: F401 (its historical home)
 
 
 @dataclasses.dataclass
@@ -106,7 +96,8 @@ class EarlyStoppingCallback(TrainerCallback):
             return
         v = metrics[key]
         better = state.best_metric is None or (
-            v - state.best_metric > self.threshold if args.greater_is_better else state.best_metric - v > self.threshold)
+            v - state.best_metric > self.threshold if args.greater_is_better
+            else state.best_metric - v > self.threshold)
         self.bad = 0 if better else self.bad + 1
         if self.bad >= self.patience:
             control.should_training_stop = True

@@ -77,18 +77,19 @@ def _write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(output_dir: str, step: int, state, trainer_state: dict, model=None) -> str:
+def save_checkpoint(output_dir: str, step: int, state, trainer_state: dict, export=None) -> str:
     """Write a complete checkpoint; returns its path. Every process calls this (orbax writes each
-    process's shards); process 0 writes the export and ``trainer_state.json`` and does the renames.
-    Returns only once everything is on disk (the orbax write included)."""
+    process's shards); process 0 writes the export (``export(directory)``: the model in its family's
+    format) and ``trainer_state.json`` and does the renames. Returns only once everything is on disk (the
+    orbax write included)."""
     final = os.path.join(output_dir, f"{PREFIX}{step}")
     tmp = final + PARTIAL
     main = jax.process_index() == 0
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        if model is not None:
-            model.save_pretrained(tmp, create_model_card=False)
+        if export is not None:
+            export(tmp)
     _barrier(f"stcore_ckpt_prepare_{step}")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(tmp, "state"), state)  # returns once the arrays are on the host; commits in a thread
@@ -108,6 +109,23 @@ def save_checkpoint(output_dir: str, step: int, state, trainer_state: dict, mode
             os.rename(tmp, final)
     _barrier(f"stcore_ckpt_done_{step}")
     return final
+
+
+def resume_path(resume, output_dir: str) -> str | None:
+    """The checkpoint ``resume_from_checkpoint`` names: None/False none, True the newest complete one in
+    ``output_dir`` (after tidying a killed run's leftovers), else the given path (checked)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        clean_partials(output_dir)  # a killed run's leftovers: promote or remove, then list
+        found = list_checkpoints(output_dir)
+        if not found:
+            raise ValueError(f"resume_from_checkpoint=True but {output_dir!r} has no complete checkpoint-*")
+        return found[-1][1]
+    if not is_checkpoint(str(resume)):
+        raise ValueError(f"resume_from_checkpoint={resume!r} is not a stcore_jax checkpoint (expected a directory "
+                         "with state/ and trainer_state.json, e.g. output_dir/checkpoint-500)")
+    return str(resume)
 
 
 def restore_checkpoint(path: str, abstract_state):

@@ -15,6 +15,7 @@ import numpy as np
 
 from stcore_jax.training.sharding import batch_sharding, data_parallel_size
 
+
 @functools.lru_cache(maxsize=64)  # called per step and per batch leaf; the answer depends on the mesh only
 def local_batch_slots(mesh, global_batch: int) -> np.ndarray:
     """``[n_local]`` positions of a global batch (sharded over the batch axes ``data`` and ``fsdp``, see

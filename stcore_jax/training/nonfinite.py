@@ -2,8 +2,9 @@
 
 The step itself (``step.py``) never applies a non-finite update: parameters and optimizer state keep
 their values and ``state["skipped"]`` counts it. This module is the host side: the warning for
-"skip", and for "stop" a report of the offending batch (step, dataset name, texts, labels) written to
-``output_dir`` before :class:`NonFiniteLossError` is raised.
+"skip", and for "stop" a report of the offending batch (step, dataset name, and what the model family
+reports of its rows: for text, the texts and labels) written to ``output_dir`` before
+:class:`NonFiniteLossError` is raised.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-
-import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -32,27 +31,19 @@ def warn_skipped(skipped: int, first_step: int, last_step: int) -> None:
                        skipped, first_step, last_step)
 
 
-def batch_report(step: int, dataset, rows) -> dict:
-    """The offending batch as plain JSON: ``dataset`` is a ``PreparedDataset``, ``rows`` its row indices."""
-    out = {"step": step, "dataset": dataset.name, "rows": [int(r) for r in rows],
-           "texts": {c: [dataset.texts[j][r] for r in rows] for j, c in enumerate(dataset.columns)}}
-    if dataset.labels is not None:
-        out["label_column"] = dataset.label_column
-        out["labels"] = dataset.labels[np.asarray(rows, dtype=np.int64)].tolist()  # inf/nan as JSON Infinity/NaN
-    return out
-
-
-def stop_on_nonfinite(output_dir: str, step: int, dataset, rows, write: bool = True):
-    """Write ``output_dir/nonfinite_batch_step{step}.json`` (process 0) and raise NonFiniteLossError."""
+def stop_on_nonfinite(output_dir: str, step: int, dataset_name: str, rows_report: dict, write: bool = True):
+    """Write ``output_dir/nonfinite_batch_step{step}.json`` (process 0): the step, the dataset's name and
+    ``rows_report`` (the family's account of the batch's rows, ``Task.batch_report``); raise
+    NonFiniteLossError."""
     path = os.path.join(output_dir, f"nonfinite_batch_step{step}.json")
     if write:
         os.makedirs(output_dir, exist_ok=True)
-        report = batch_report(step, dataset, rows)
+        report = {"step": step, "dataset": dataset_name, **rows_report}
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1, ensure_ascii=False)
         os.replace(tmp, path)
     raise NonFiniteLossError(
-        f"Non-finite loss or gradient at step {step} on dataset {dataset.name!r} (nonfinite_policy='stop'). "
+        f"Non-finite loss or gradient at step {step} on dataset {dataset_name!r} (nonfinite_policy='stop'). "
         f"The batch's texts are in {path}; fix or drop those rows, or use nonfinite_policy='skip' to skip such "
         "updates.", report=path)

@@ -69,7 +69,8 @@ def make_schedule(args, total_steps: int, lr: float | None = None):
 
 
 def param_names(tree) -> dict:
-    """Pytree of dotted export names ``"{module}.{hf key}"`` (e.g. ``0.encoder.layer.11.attention.self.query.weight``)."""
+    """Pytree of dotted export names ``"{module}.{hf key}"``
+    (e.g. ``0.encoder.layer.11.attention.self.query.weight``)."""
     from stcore_jax.io.hf_keys import LEAF_TO_HF
 
     def name(path, _):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -72,6 +73,20 @@ def param_shardings(tree, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE):
     ``fsdp`` axis everything is replicated."""
     fsdp = mesh.shape["fsdp"] if "fsdp" in mesh.axis_names else 1
     return jax.tree_util.tree_map(lambda x: NamedSharding(mesh, fsdp_spec(tuple(np.shape(x)), fsdp, min_size)), tree)
+
+
+def sharded_train_state(trainable, tx, mesh: Mesh, min_size: int = DEFAULT_MIN_SIZE):
+    """``(state, shardings)``: the train state of step.py (``trainable``, ``tx``'s optimizer state, the
+    ``step`` and ``skipped`` counters) born sharded under :func:`param_shardings`; the optimizer state is
+    initialised under ``jit`` with its output shardings, so it is never whole on one device."""
+    counter = jax.ShapeDtypeStruct((), jnp.int32)
+    abstract = {"trainable": trainable, "opt_state": jax.eval_shape(tx.init, trainable), "step": counter,
+                "skipped": counter}
+    shardings = param_shardings(abstract, mesh, min_size)
+    trainable = jax.device_put(trainable, shardings["trainable"])
+    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(trainable)
+    zeros = [jax.device_put(jnp.zeros((), jnp.int32), shardings[k]) for k in ("step", "skipped")]
+    return {"trainable": trainable, "opt_state": opt_state, "step": zeros[0], "skipped": zeros[1]}, shardings
 
 
 def gather_to_host(tree):

@@ -1,46 +1,35 @@
-"""The pure train and eval steps.
+"""The pure train and eval steps, for any objective.
 
-``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params,
-"loss": {key: loss_params}}, "opt_state": ..., "step": int32, "skipped": int32}``. Dropout keys are
-``fold_in(key(seed), step)``; :func:`stcore_jax.sentence_transformer.losses.embed.compute_loss` derives per-column,
-per-global-row keys from it, so the update does not depend on how the batch is sharded or chunked. A non-finite loss or gradient skips the update
-(params and optimizer state unchanged) and is counted in ``state["skipped"]``.
+``objective(trainable, batch, key) -> (loss, aux)``: a scalar loss and a dict of scalar components to log,
+``key`` the step's dropout key (``None`` in evaluation). A model family builds it from its loss
+(:meth:`stcore_jax.training.task.Task.objective`); nothing here knows what the model or the loss is.
+
+``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params, "loss":
+{key: loss_params}}, "opt_state": ..., "step": int32, "skipped": int32}``. The dropout key of a step is
+``fold_in(key(seed), step)`` and that of micro-batch ``i`` under accumulation ``fold_in(step_key, i)``; the
+objective derives per-row keys from it, so the update does not depend on how the batch is sharded or
+chunked. A non-finite loss or gradient skips the update (params and optimizer state unchanged) and is
+counted in ``state["skipped"]``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from stcore_jax.sentence_transformer.losses.embed import compute_loss
+Objective = Callable[[Any, Any, Any], tuple[jax.Array, dict]]
 
 
-def _total(out):
-    if isinstance(out, dict):
-        return sum(out.values()), dict(out)
-    return out, {}
-
-
-def _loss_params(trainable, loss_key):
-    """This loss's own parameters: ``trainable["loss"][loss_key]`` (``{}`` if it owns none); the whole
-    ``trainable["loss"]`` when ``loss_key`` is None."""
-    return trainable["loss"] if loss_key is None else trainable["loss"].get(loss_key, {})
-
-
-def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_steps: int = 1, counter=None,
-                    loss_key=None):
-    """With ``accum_steps > 1`` every batch leaf has a leading micro-batch axis ``[accum_steps, B, ...]``;
-    gradients are averaged over micro-batches (in-batch negatives stay per micro-batch, as in the reference).
-    ``loss_key``: which subtree of ``trainable["loss"]`` holds ``loss``'s own parameters (the trainer keys
-    them by dataset name, so that two parameterised losses never share one)."""
+def make_train_step(objective: Objective, tx, *, seed: int, accum_steps: int = 1, counter=None):
+    """The train step of ``objective`` under the optimizer ``tx``. With ``accum_steps > 1`` every batch leaf
+    has a leading micro-batch axis ``[accum_steps, B, ...]``; losses and gradients are averaged over the
+    micro-batches (in-batch negatives stay per micro-batch, as in the reference). ``counter``: a one-element
+    list incremented at each trace (the trainer's compile count)."""
     base_key = jax.random.key(seed)
-
-    def objective(trainable, batch, key):
-        out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
-                           mask=batch["mask"], num_shards=num_shards, loss_params=_loss_params(trainable, loss_key),
-                           packed=batch.get("packed"))
-        return _total(out)
 
     def train_step(state, batch):
         if counter is not None:
@@ -52,11 +41,12 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
         else:
             def micro(carry, xs):
                 i, mb = xs
-                (l, c), g = grad_fn(state["trainable"], mb, jax.random.fold_in(key, i))
-                return jax.tree_util.tree_map(jnp.add, carry, (l, c, g)), None
+                (lv, c), g = grad_fn(state["trainable"], mb, jax.random.fold_in(key, i))
+                return jax.tree_util.tree_map(jnp.add, carry, (lv, c, g)), None
 
-            zeros = jax.tree_util.tree_map(
-                jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state["trainable"], jax.tree_util.tree_map(lambda x: x[0], batch), key)))
+            first = jax.tree_util.tree_map(lambda x: x[0], batch)
+            shapes = jax.eval_shape(lambda: grad_fn(state["trainable"], first, key))
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, shapes)
             zeros = (zeros[0][0], zeros[0][1], zeros[1])
             (loss_val, comps, grads), _ = jax.lax.scan(micro, zeros, (jnp.arange(accum_steps), batch))
             loss_val, comps, grads = jax.tree_util.tree_map(lambda x: x / accum_steps, (loss_val, comps, grads))
@@ -85,12 +75,10 @@ def make_train_step(forward, loss, tx, *, seed: int, num_shards: int, accum_step
     return train_step
 
 
-def make_eval_step(forward, loss, *, num_shards: int, loss_key=None):
+def make_eval_step(objective: Objective):
+    """``eval_step(trainable, batch) -> {"loss": total, **components}`` (no dropout: ``key=None``)."""
     def eval_step(trainable, batch):
-        out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=None,
-                           mask=batch["mask"], num_shards=num_shards, loss_params=_loss_params(trainable, loss_key),
-                           packed=batch.get("packed"))
-        total, comps = _total(out)
+        total, comps = objective(trainable, batch, None)
         return {"loss": total, **comps}
 
     return eval_step

@@ -16,10 +16,11 @@ Resume: a :class:`StreamPosition` (epoch, examples consumed per stream in that e
 it) goes into the checkpoint; resuming calls ``set_epoch`` and drops the consumed examples, so the run
 continues with exactly the batches it would have had.
 
-Every process reads the whole stream and tokenizes each step's whole global batch (so all processes
-agree on its length bucket without talking to each other), then collates only the rows its own
-devices hold (``SentenceTransformerTrainer._collate_step``). Do not split the stream per process
-(``split_dataset_by_node``) yourself.
+Every process reads the whole stream and prepares (validates, tokenizes) each step's whole global batch
+(so all processes agree on its length bucket without talking to each other), then collates only the rows
+its own devices hold (``Trainer._collate_step``). Do not split the stream per process
+(``split_dataset_by_node``) yourself. A family's stream source (``Task.stream_source``, e.g.
+sentence_transformer/stream.py) turns a step's examples into prepared rows.
 """
 
 from __future__ import annotations
@@ -27,12 +28,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Iterator
-
-import numpy as np
+from collections.abc import Iterator
 
 from stcore_jax.training.arguments import BatchSamplers, MultiDatasetBatchSamplers
-from stcore_jax.sentence_transformer.data import PreparedDataset, check_columns, prepare_columns
 
 logger = logging.getLogger(__name__)
 
@@ -78,54 +76,6 @@ def stream_column_names(dataset, name: str) -> list[str]:
     return list(first)
 
 
-def _feature_label_dtype(dataset, label: str | None):
-    """The label dtype the features promise (float -> float32, int -> int32), or None if unknown."""
-    feature = (dataset.features or {}).get(label) if label and dataset.features else None
-    dtype = getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
-    if not isinstance(dtype, str):
-        return None
-    if dtype.startswith("float"):
-        return np.dtype(np.float32)
-    if dtype.startswith(("int", "uint")):
-        return np.dtype(np.int32)
-    return None
-
-
-class StreamSource:
-    """One training stream, its columns checked against its loss; turns batches of examples into
-    validated, tokenized :class:`PreparedDataset` s (the same rules and messages as map-style data)."""
-
-    def __init__(self, dataset, name: str, loss, tokenizer_module, *, prompts=None, is_dict_dataset=False,
-                 router_mapping=None):
-        self.dataset, self.name = dataset, name
-        self.column_names = stream_column_names(dataset, name)
-        self.inputs, self.label = check_columns(self.column_names, name, loss)
-        self.label_dtype = _feature_label_dtype(dataset, self.label)  # fixed, so labels never force a recompile
-        self._module = tokenizer_module
-        self._options = dict(prompts=prompts, is_dict_dataset=is_dict_dataset, router_mapping=router_mapping,
-                             loss=loss)  # label ranges (data.check_label_range), per batch as rows arrive
-
-    def prepare(self, examples: list[dict], first_row: int) -> PreparedDataset:
-        """Validate and tokenize ``examples`` (stream rows ``first_row``, ``first_row + 1``, ...)."""
-        wanted = self.inputs + ([self.label] if self.label else [])
-        for i, ex in enumerate(examples, first_row):
-            missing = [c for c in wanted if c not in ex]
-            if missing:
-                raise ValueError(f"Dataset {self.name!r}, row {i}: the example has columns {list(ex)}, but the stream's "
-                                 f"columns are {self.column_names} (missing {missing}); every example needs the same "
-                                 "columns (declare them with features=...)")
-        values = {c: [ex[c] for ex in examples] for c in wanted}
-        prepared = prepare_columns(values, self.name, self.inputs, self.label, self._module, first_row=first_row,
-                                   **self._options)
-        if prepared.labels is not None:
-            if self.label_dtype is None:
-                self.label_dtype = prepared.labels.dtype
-            elif prepared.labels.dtype != self.label_dtype and prepared.labels.dtype.kind == "f":
-                self.label_dtype = np.dtype(np.float32)  # int labels so far, now floats: keep the values
-            prepared.labels = prepared.labels.astype(self.label_dtype)
-        return prepared
-
-
 @dataclasses.dataclass
 class StreamPosition:
     """Where a run stands in its streams: the epoch, the examples consumed from each stream in that
@@ -139,7 +89,7 @@ class StreamPosition:
         return {"epoch": self.epoch, "consumed": dict(self.consumed), "steps": self.steps}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StreamPosition":
+    def from_dict(cls, d: dict) -> StreamPosition:
         return cls(int(d["epoch"]), {k: int(v) for k, v in d["consumed"].items()}, int(d["steps"]))
 
     @property

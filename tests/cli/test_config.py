@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stcore_jax.config import ConfigError, RunConfig, TOPOLOGIES, check_devices, load_config, parse_config
+from stcore_jax.config import TOPOLOGIES, ConfigError, RunConfig, check_devices, load_config, parse_config
 from stcore_jax.config.topology import global_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

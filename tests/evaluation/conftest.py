@@ -125,10 +125,11 @@ def router_dir(tmp_path_factory, minilm_path, sts_test):
     works); prompts "query: " / "passage: " for ``encode_query`` / ``encode_document`` and "pair: "
     (the default prompt) for ``encode``. The Dense biases centre the STS embeddings: a random BERT's
     mean-pooled vectors all point one way (cosines ~0.997), where float32 noise would reorder scores."""
-    import tiny_models
     import torch
     from sentence_transformers import SentenceTransformer as TorchST
     from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Router, Transformer
+
+    import tiny_models
 
     root = tmp_path_factory.mktemp("eval_router")
     hf = tiny_models.build_hf("bert", str(root / "hf"), str(minilm_path), corpus=[])

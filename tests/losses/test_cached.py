@@ -11,12 +11,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import tiny_models
 from stcore_jax import SentenceTransformer
-from stcore_jax.sentence_transformer.losses.cached import (CachedGISTEmbedLoss, CachedMultipleNegativesRankingLoss,
-                                      CachedMultipleNegativesSymmetricRankingLoss, chunk_layout, from_chunks,
-                                      to_chunks)
+from stcore_jax.sentence_transformer.losses.cached import (
+    CachedGISTEmbedLoss,
+    CachedMultipleNegativesRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
+    chunk_layout,
+    from_chunks,
+    to_chunks,
+)
 from stcore_jax.sentence_transformer.losses.embed import compute_loss, row_keys
 from stcore_jax.sentence_transformer.losses.gist import GISTEmbedLoss
-from stcore_jax.sentence_transformer.losses.mnrl import MultipleNegativesRankingLoss, MultipleNegativesSymmetricRankingLoss
+from stcore_jax.sentence_transformer.losses.mnrl import (
+    MultipleNegativesRankingLoss,
+    MultipleNegativesSymmetricRankingLoss,
+)
 
 # The parity programs are tiny; skipping LLVM's optimisations halves their compile time on CPU.
 FAST = {"xla_backend_optimization_level": 0}

@@ -5,7 +5,6 @@ import pytest
 from sentence_transformers import SentenceTransformer as RefST
 
 from stcore_jax import SentenceTransformer
-
 from tiny_models import ARCHS, build_st
 
 ATOL = 1e-5

@@ -4,12 +4,10 @@ import random
 
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer as RefST
-from sentence_transformers import quantize_embeddings as ref_quantize
+from sentence_transformers import SentenceTransformer as RefST, quantize_embeddings as ref_quantize
 
 from stcore_jax import SentenceTransformer
 from stcore_jax.batching.buckets import bucket_for, default_buckets
-
 from tiny_models import SENTENCES, build_st
 
 

@@ -8,7 +8,6 @@ import pytest
 from sentence_transformers import SentenceTransformer as RefST
 
 from stcore_jax import SentenceTransformer
-
 from tiny_models import SENTENCES
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stcore_jax.sentence_transformer.losses.embed import row_keys
 from stcore_jax.models import layers
+from stcore_jax.sentence_transformer.losses.embed import row_keys
 
 
 def _text_like_ids(rng, shape, vocab):

@@ -12,8 +12,8 @@ from sentence_transformers import SentenceTransformer as RefST
 import tiny_models
 from stcore_jax import LoraConfig, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import MultipleNegativesRankingLoss
-from stcore_jax.sentence_transformer.losses.mnrl import multiple_negatives_ranking_loss
 from stcore_jax.models.lora import count
+from stcore_jax.sentence_transformer.losses.mnrl import multiple_negatives_ranking_loss
 
 ATOL = 1e-5
 D, LAYERS, R = 32, 2, 4  # tiny BERT: hidden 32, 2 layers

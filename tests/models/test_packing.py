@@ -8,7 +8,6 @@ from sentence_transformers import SentenceTransformer as RefST
 
 from stcore_jax import SentenceTransformer
 from stcore_jax.batching.packing import first_fit_decreasing, pack_shard
-
 from tiny_models import ARCHS
 
 ROW = 64  # packed row length

@@ -185,8 +185,8 @@ def test_task_survives_gradcache_bf16_view_and_legacy_inputs(tiny_hf, minilm_pat
     import jax.numpy as jnp
 
     from stcore_jax.losses import CachedMultipleNegativesRankingLoss
-    from stcore_jax.sentence_transformer.losses.embed import compute_loss
     from stcore_jax.models.router import Task
+    from stcore_jax.sentence_transformer.losses.embed import compute_loss
 
     model = _static_query_model(tiny_hf, minilm_path)
     router = model[0]

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 
 import tiny_models
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from stcore_jax.models import Normalize, StaticEmbedding
 from stcore_jax.distill import pca, sif_weights, token_embeddings
+from stcore_jax.models import Normalize, StaticEmbedding
 from stcore_jax.models.transformer import Transformer
 from stcore_jax.util import read_sts
 
@@ -173,8 +173,13 @@ def test_bad_inputs(tok, tiny_hf, tmp_path):
 
 def test_every_loss_kind_gets_gradients(tok):
     """Through the trainer-facing compute_loss: plain, GradCache, wrapper and labelled losses."""
-    from stcore_jax.losses import (CachedMultipleNegativesRankingLoss, CoSENTLoss, MatryoshkaLoss,
-                                   MultipleNegativesRankingLoss, TripletLoss)
+    from stcore_jax.losses import (
+        CachedMultipleNegativesRankingLoss,
+        CoSENTLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+        TripletLoss,
+    )
     from stcore_jax.sentence_transformer.losses.embed import compute_loss
 
     static = StaticEmbedding(tok, embedding_dim=16, seed=1)

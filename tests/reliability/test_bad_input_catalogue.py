@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -29,8 +29,17 @@ from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, Sentence
 from stcore_jax.cli.commands import InputError
 from stcore_jax.config import ConfigError
 from stcore_jax.evaluation import EmbeddingSimilarityEvaluator
-from stcore_jax.losses import (CoSENTLoss, CosineSimilarityLoss, MatryoshkaLoss, MultipleNegativesRankingLoss,
-                               OnlineContrastiveLoss, SoftmaxLoss)
+from stcore_jax.losses import (
+    AdaptiveLayerLoss,
+    CachedMultipleNegativesRankingLoss,
+    CoSENTLoss,
+    CosineSimilarityLoss,
+    Matryoshka2dLoss,
+    MatryoshkaLoss,
+    MultipleNegativesRankingLoss,
+    OnlineContrastiveLoss,
+    SoftmaxLoss,
+)
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -143,6 +152,23 @@ def _build_model(ctx, model_yaml):
     from stcore_jax.config.build import build_model
 
     return build_model(_config(ctx, f"model: {model_yaml}\n"))
+
+
+def _per_layer_on_static(ctx, loss_knows_model=True):
+    """AdaptiveLayerLoss for a StaticEmbedding model (no encoder layers), given to its trainer: built with the model
+    (it checks it, as the reference asserts), or without (the trainer's check). The static table is
+    the tiny BERT's word embeddings: a table of a shape already placed on the device, since placing a new one
+    compiles a transfer, which the no-compile check would count."""
+    from tokenizers import Tokenizer
+
+    from stcore_jax.models import StaticEmbedding
+
+    table = np.asarray(ctx.model.params["0"]["embeddings"]["word_embeddings"]["embedding"])
+    static = SentenceTransformer(modules=[StaticEmbedding(Tokenizer.from_file(f"{ctx.model_dir}/tokenizer.json"),
+                                                          embedding_weights=table)])
+    given = static if loss_knows_model else None
+    return SentenceTransformerTrainer(model=static, args=ctx.args(), train_dataset=_pairs(score=None),
+                                      loss=AdaptiveLayerLoss(given, MultipleNegativesRankingLoss(given)))
 
 
 BAD_LENGTH_BUCKETS = [0, -2, (), (64, 32), (16, 0), "auto", 2.5]
@@ -261,6 +287,23 @@ CASES = [
     Case("loss/matryoshka-dim-too-large",
          lambda c: MatryoshkaLoss(c.model, MultipleNegativesRankingLoss(c.model), [64, 16]), ValueError,
          (r"matryoshka_dims", r"embedding dimension of 32")),
+    # per-layer losses (AdaptiveLayerLoss, Matryoshka2dLoss) where they cannot train: these used to raise
+    # NotImplementedError at the first traced step, whatever the setup
+    Case("loss/per-layer-with-packing",
+         lambda c: c.trainer(_pairs(score=None), AdaptiveLayerLoss(c.model, MultipleNegativesRankingLoss(c.model)),
+                             sequence_packing=True), ValueError,
+         (r"sequence_packing=True", r"AdaptiveLayerLoss", r"per-layer", r"sequence_packing=None")),
+    *[Case(f"loss/per-layer-static-embedding{suffix}", lambda c, k=knows: _per_layer_on_static(c, k), ValueError,
+           (r"AdaptiveLayerLoss", r"input module must be a Transformer encoder", r"StaticEmbedding",
+            r"wrapped loss on its own")) for suffix, knows in (("", True), ("-in-trainer", False))],
+    Case("loss/per-layer-around-gradcache",
+         lambda c: Matryoshka2dLoss(c.model, CachedMultipleNegativesRankingLoss(c.model), [32, 16]), ValueError,
+         (r"Matryoshka2dLoss cannot wrap CachedMultipleNegativesRankingLoss", r"GradCache", r"mini_batch_size=32",
+          r"not compatible", r"uncached loss")),
+    Case("loss/matryoshka-around-per-layer",
+         lambda c: MatryoshkaLoss(c.model, AdaptiveLayerLoss(c.model, MultipleNegativesRankingLoss(c.model)), [32]),
+         ValueError, (r"MatryoshkaLoss cannot wrap AdaptiveLayerLoss", r"layer_embeddings", r"other way round",
+                      r"Matryoshka2dLoss")),
     Case("loss/matryoshka-weights-length",
          lambda c: MatryoshkaLoss(c.model, MultipleNegativesRankingLoss(c.model), [32, 16], matryoshka_weights=[1.0]),
          ValueError, (r"matryoshka_weights", r"same length as matryoshka_dims")),

@@ -19,8 +19,7 @@ from datasets import Dataset
 
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import CosineSimilarityLoss
-from stcore_jax.training import TrainerCallback
-from stcore_jax.training import checkpoint as ckpt
+from stcore_jax.training import TrainerCallback, checkpoint as ckpt
 from stcore_jax.training.nonfinite import NonFiniteLossError
 from stcore_jax.training.preemption import TrainingInterrupted
 from stcore_jax.util import read_sts

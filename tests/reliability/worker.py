@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
-import stcore_jax.training.step as step_module  # noqa: E402
+import stcore_jax.sentence_transformer.task as step_module  # noqa: E402
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments  # noqa: E402
 from stcore_jax.losses import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss  # noqa: E402
 from stcore_jax.training import TrainerCallback  # noqa: E402

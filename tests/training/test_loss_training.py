@@ -16,25 +16,25 @@ import pytest
 import torch
 from datasets import Dataset
 from safetensors.numpy import load_file, save_file
-from sentence_transformers import SentenceTransformer as RefModel
-from sentence_transformers import SentenceTransformerTrainer as RefTrainer
-from sentence_transformers import SentenceTransformerTrainingArguments as RefArgs
-from sentence_transformers import losses as ref_losses
+from sentence_transformers import (
+    SentenceTransformer as RefModel,
+    SentenceTransformerTrainer as RefTrainer,
+    SentenceTransformerTrainingArguments as RefArgs,
+    losses as ref_losses,
+)
 from torch.utils.data import BatchSampler, SequentialSampler
 from transformers import TrainerCallback as RefCallback
 
 import tiny_models
-
 from stcore_jax import (
     BatchSamplers,
     SentenceTransformer,
     SentenceTransformerTrainer,
     SentenceTransformerTrainingArguments,
+    losses,
 )
-from stcore_jax import losses
-from stcore_jax.training import TrainerCallback
-from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.sentence_transformer.data import collate
+from stcore_jax.training import TrainerCallback, checkpoint as ckpt
 
 TOL = 1e-5  # as test_reference_trainer_parity.py: float32 summation-order noise, amplified by Adam
 

@@ -30,17 +30,20 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer as RefModel
-from sentence_transformers import SentenceTransformerTrainer as RefTrainer
-from sentence_transformers import SentenceTransformerTrainingArguments as RefArgs
-from sentence_transformers import losses as ref_losses
+from sentence_transformers import (
+    SentenceTransformer as RefModel,
+    SentenceTransformerTrainer as RefTrainer,
+    SentenceTransformerTrainingArguments as RefArgs,
+    losses as ref_losses,
+)
 from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as RefNoDuplicates
 from torch.utils.data import BatchSampler, SequentialSampler
 
+import stcore_jax.losses
 import tiny_models
-
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss
+from stcore_jax.sentence_transformer.losses import adaptive_layer
 from stcore_jax.training import samplers
 
 
@@ -68,6 +71,7 @@ class Case:
     loss: str  # "cosent" | "mnrl" | "both" (a dict: sts -> CoSENT, pairs -> MNRL)
     args: tuple = ()
     model: str = "include_prompt"
+    wrap: str | None = None  # a per-layer modifier around the loss (WRAPS)
 
     @property
     def accum(self):
@@ -81,6 +85,21 @@ CASES = {
     "no_duplicates": Case("duplicates", "mnrl", (("batch_sampler", "no_duplicates"),)),
     "round_robin": Case("two", "both", (("multi_dataset_batch_sampler", "round_robin"),)),
     "prompts": Case("pairs", "mnrl", (("prompts", PROMPTS),), model="exclude_prompt"),
+    # Per-layer losses (AdaptiveLayerLoss, Matryoshka2dLoss) around the case's loss: see WRAPS.
+    "adaptive_layer": Case("pairs", "mnrl", wrap="adaptive_layer"),
+    "matryoshka_2d": Case("sts", "cosent", wrap="matryoshka_2d"),
+}
+
+# The per-layer modifiers with every prior layer (n_layers_per_step=-1) and every dimension (n_dims_per_step=-1):
+# the reference draws layers and dimensions with Python's random, so this is what makes it deterministic. The
+# tiny BERT has 2 layers: the final one and the prior hidden states 0 (embedding output) and 1, each with the KL
+# term to the final layer (kl_temperature 0.3). Non-default weights, so that each weight is seen.
+WRAPS = {
+    "adaptive_layer": lambda lib, model, inner: lib.AdaptiveLayerLoss(
+        model, inner, n_layers_per_step=-1, last_layer_weight=0.8, prior_layers_weight=1.5, kl_div_weight=2.0,
+        layer_weighting="log"),
+    "matryoshka_2d": lambda lib, model, inner: lib.Matryoshka2dLoss(
+        model, inner, [8, 32, 16], matryoshka_weights=[0.5, 1.0, 0.7], n_layers_per_step=-1, n_dims_per_step=-1),
 }
 
 
@@ -129,16 +148,17 @@ def reference(model_dirs, stsb_train, tmp_path_factory):
     return get
 
 
-def _losses(case, model, cosent, mnrl):
+def _losses(case, model, cosent, mnrl, lib=None):
     if case.loss == "both":
         return {"sts": cosent(model), "pairs": mnrl(model)}
-    return (cosent if case.loss == "cosent" else mnrl)(model)
+    loss = (cosent if case.loss == "cosent" else mnrl)(model)
+    return loss if case.wrap is None else WRAPS[case.wrap](lib, model, loss)
 
 
 def _train_reference(case, model_dir, data, out):
     torch.manual_seed(0)
     model = RefModel(model_dir, device="cpu")
-    loss = _losses(case, model, ref_losses.CoSENTLoss, ref_losses.MultipleNegativesRankingLoss)
+    loss = _losses(case, model, ref_losses.CoSENTLoss, ref_losses.MultipleNegativesRankingLoss, ref_losses)
     captured = []  # every micro-batch's loss, in the order they were computed
     for module in (loss.values() if isinstance(loss, dict) else [loss]):
         module.register_forward_hook(lambda mod, inputs, output: captured.append(float(output.detach())))
@@ -160,7 +180,7 @@ def _train_ours(case, model_dir, data, out, scale=1.0, **override):
     model = SentenceTransformer(model_dir)
     cosent, mnrl = (CoSENTLoss, MultipleNegativesRankingLoss) if scale == 1.0 else (
         _scaled(CoSENTLoss, scale), _scaled(MultipleNegativesRankingLoss, scale))
-    loss = _losses(case, model, cosent, mnrl)
+    loss = _losses(case, model, cosent, mnrl, stcore_jax.losses)
     args = SentenceTransformerTrainingArguments(output_dir=str(out), disable_tqdm=True, save_final_model=False,
                                                 mesh_shape={"data": 1}, **{**RECIPE, **OURS, **dict(case.args),
                                                                            **override})
@@ -259,3 +279,14 @@ def test_loss_scale_control(model_dirs, stsb_train, reference, tmp_path):
     diff = _differences(ours, reference("accumulation"))
     print(f"loss x 0.5: {diff}")
     assert diff["losses"] > 1000 * TOL["losses"] and diff["grad_norms"] > 1000 * TOL["grad_norms"]
+
+
+def test_adaptive_layer_kl_term_control(model_dirs, stsb_train, reference, tmp_path, monkeypatch):
+    """AdaptiveLayerLoss without its KL term (each prior layer's KL to the final layer) must fail the comparison:
+    the per-layer case sees every part of the per-layer loss, not only the wrapped loss on each layer."""
+    monkeypatch.setattr(adaptive_layer, "_kl_to_teacher", lambda teacher, columns, temperature, mask: 0.0)
+    case = CASES["adaptive_layer"]
+    ours, _, _ = _train_ours(case, model_dirs[case.model], _dataset(case.data, stsb_train), tmp_path)
+    diff = _differences(ours, reference("adaptive_layer"))
+    print(f"adaptive_layer without the KL term: {diff}")
+    assert diff["losses"] > 100 * TOL["losses"] and diff["params"] > 100 * TOL["params"]

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from sentence_transformers.base.sampler import GroupByLabelBatchSampler as RefGroupByLabel
-from sentence_transformers.base.sampler import NoDuplicatesBatchSampler as RefNoDuplicates
+from sentence_transformers.base.sampler import (
+    GroupByLabelBatchSampler as RefGroupByLabel,
+    NoDuplicatesBatchSampler as RefNoDuplicates,
+)
 
 from stcore_jax import (
     BatchSamplers,

@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 from datasets import Dataset, Features, IterableDataset, Value
 
-from stcore_jax import BatchSamplers, SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from stcore_jax import (
+    BatchSamplers,
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
 from stcore_jax.losses import CoSENTLoss, MultipleNegativesRankingLoss
+from stcore_jax.sentence_transformer.stream import StreamSource
 from stcore_jax.training import TrainerCallback
-from stcore_jax.training.stream import StreamPosition, StreamSource, epoch_groups, group_rows
+from stcore_jax.training.stream import StreamPosition, epoch_groups, group_rows
 
 N_ROWS = 40  # global batch 16: three steps per epoch (16, 16, 8), so 20 steps span 7 epochs
 

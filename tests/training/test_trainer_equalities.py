@@ -28,9 +28,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+import stcore_jax.sentence_transformer.task as step_module
 import tiny_models
-
-import stcore_jax.training.step as step_module
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import CosineSimilarityLoss, MultipleNegativesRankingLoss
 from stcore_jax.training import TrainerCallback

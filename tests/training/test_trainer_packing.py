@@ -9,8 +9,8 @@ from datasets import Dataset
 
 from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from stcore_jax.losses import CachedMultipleNegativesRankingLoss, CoSENTLoss, MultipleNegativesRankingLoss
-from stcore_jax.sentence_transformer.losses.embed import compute_loss
 from stcore_jax.sentence_transformer.data import collate
+from stcore_jax.sentence_transformer.losses.embed import compute_loss
 
 
 def _args(tmp_path, **kw):

@@ -7,8 +7,12 @@ name and constructor, declares its input columns and label (``validate_columns``
 for the context keywords (``mask``, ``params``, ``key``, ``num_shards``, ``guide_embeddings``).
 """
 
-from stcore_jax.sentence_transformer.losses.adaptive_layer import AdaptiveLayerLoss, Matryoshka2dLoss, adaptive_layer_loss
 from stcore_jax.base.loss import Loss, resolve_similarity, sharding_agnostic
+from stcore_jax.sentence_transformer.losses.adaptive_layer import (
+    AdaptiveLayerLoss,
+    Matryoshka2dLoss,
+    adaptive_layer_loss,
+)
 from stcore_jax.sentence_transformer.losses.batch_triplet import (
     BatchAllTripletLoss,
     BatchHardSoftMarginTripletLoss,
@@ -19,6 +23,11 @@ from stcore_jax.sentence_transformer.losses.batch_triplet import (
     batch_hard_soft_margin_triplet_loss,
     batch_hard_triplet_loss,
     batch_semi_hard_triplet_loss,
+)
+from stcore_jax.sentence_transformer.losses.cached import (
+    CachedGISTEmbedLoss,
+    CachedMultipleNegativesRankingLoss,
+    CachedMultipleNegativesSymmetricRankingLoss,
 )
 from stcore_jax.sentence_transformer.losses.contrastive import (
     ContrastiveLoss,
@@ -43,8 +52,12 @@ from stcore_jax.sentence_transformer.losses.distill import (
     margin_mse_loss,
     mse_loss,
 )
+from stcore_jax.sentence_transformer.losses.embed import compute_loss, embed_columns
 from stcore_jax.sentence_transformer.losses.gist import GISTEmbedLoss, gist_embed_loss
-from stcore_jax.sentence_transformer.losses.gor import GlobalOrthogonalRegularizationLoss, global_orthogonal_regularization_loss
+from stcore_jax.sentence_transformer.losses.gor import (
+    GlobalOrthogonalRegularizationLoss,
+    global_orthogonal_regularization_loss,
+)
 from stcore_jax.sentence_transformer.losses.matryoshka import MatryoshkaLoss, matryoshka_loss
 from stcore_jax.sentence_transformer.losses.mega_batch import MegaBatchMarginLoss, mega_batch_margin_loss
 from stcore_jax.sentence_transformer.losses.mnrl import (
@@ -56,12 +69,6 @@ from stcore_jax.sentence_transformer.losses.mnrl import (
 from stcore_jax.sentence_transformer.losses.ring import ring_multiple_negatives_ranking_loss
 from stcore_jax.sentence_transformer.losses.softmax import SoftmaxLoss, softmax_loss
 from stcore_jax.sentence_transformer.losses.triplet import TripletDistanceMetric, TripletLoss, triplet_loss
-from stcore_jax.sentence_transformer.losses.cached import (  # noqa: E402 (after the losses it subclasses)
-    CachedGISTEmbedLoss,
-    CachedMultipleNegativesRankingLoss,
-    CachedMultipleNegativesSymmetricRankingLoss,
-)
-from stcore_jax.sentence_transformer.losses.embed import compute_loss, embed_columns  # noqa: E402
 
 __all__ = [
     "CachedGISTEmbedLoss",

@@ -17,14 +17,28 @@ rows of all columns (``batchmean``), the final layer acting as a gradient-free t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from stcore_jax.base.loss import Loss, row_mask
+from stcore_jax.base.loss import InputKind, Loss, WrapperLoss, row_mask
 from stcore_jax.sentence_transformer.losses.matryoshka import MatryoshkaLoss, sample_indices
+
+
+def check_layer_model(loss_name: str, model) -> None:
+    """Raise ``ValueError`` unless ``model``'s input module is a Transformer encoder: per-layer embeddings are the
+    pipeline after the encoder applied to each of its hidden states (the reference asserts ``model[0]`` is a
+    ``Transformer``). A Router's routes pool inside the route, StaticEmbedding has no layers."""
+    from stcore_jax.models.transformer import Transformer
+
+    module = getattr(model, "input_module", None)
+    if module is not None and not isinstance(module, Transformer):
+        raise ValueError(f"{loss_name} trains the embeddings of every encoder layer, so the model's input module "
+                         f"must be a Transformer encoder, but it is {type(module).__name__}, which has no hidden "
+                         f"layers to embed from. Use the wrapped loss on its own (or MatryoshkaLoss) for this model.")
 
 
 def layer_weight(layer_weighting: str | Callable[[int], float], layer_idx: int) -> float:
@@ -100,7 +114,7 @@ def adaptive_layer_loss(loss_fn: Callable, layer_embeddings: Sequence[Sequence],
 
     weights = jnp.asarray([layer_weight(layer_weighting, i) for i in range(n_prior)], jnp.float32)
     if dynamic:
-        stacked = [jnp.stack([jnp.asarray(layer_embeddings[l][c], jnp.float32) for l in range(n_prior)])
+        stacked = [jnp.stack([jnp.asarray(layer_embeddings[i][c], jnp.float32) for i in range(n_prior)])
                    for c in range(len(final))]  # per column: [L, B, D]
     for j in range(count):
         if dynamic:
@@ -117,22 +131,24 @@ def adaptive_layer_loss(loss_fn: Callable, layer_embeddings: Sequence[Sequence],
     return loss
 
 
-class AdaptiveLayerLoss(Loss):
-    """Wraps another loss; same columns and labels. ``compute_loss_from_embeddings`` takes
-    **per-layer** embeddings ``[L + 1][C]`` (see the module docstring) and, when
-    ``n_layers_per_step`` subsamples (or the wrapped loss samples), a ``key=``. The trainer must
-    produce per-layer embeddings when :attr:`needs_all_layers` is set."""
+class AdaptiveLayerLoss(WrapperLoss):
+    """Wraps another loss; same columns and labels. Declares ``InputKind.LAYER_EMBEDDINGS``: the dispatcher
+    hands ``compute_loss_from_embeddings`` **per-layer** embeddings ``[L + 1][C]`` (see the module
+    docstring) and, when ``n_layers_per_step`` subsamples (or the wrapped loss samples), a ``key=``.
 
-    needs_all_layers = True
+    As in the reference, the model's input module must be a Transformer encoder (checked here when a model
+    is given, and by ``validate_loss`` against the trained model), and the wrapped loss cannot be a GradCache
+    loss (the reference warns that it is not compatible; here it is an error)."""
 
     def __init__(self, model, loss: Loss, n_layers_per_step: int = 1, last_layer_weight: float = 1.0,
                  prior_layers_weight: float = 1.0, kl_div_weight: float = 1.0, kl_temperature: float = 0.3,
                  layer_weighting: str | Callable[[int], float] = "uniform") -> None:
-        super().__init__(model)
+        super().__init__(model, loss)
         if not callable(layer_weighting) and layer_weighting not in ("uniform", "log", "linear"):
             raise ValueError(
                 f'layer_weighting must be "uniform", "log", "linear", or a callable, but got {layer_weighting!r}.')
-        self.loss = loss
+        if model is not None:
+            check_layer_model(self.name, model)
         self.n_layers_per_step = n_layers_per_step
         self.last_layer_weight = last_layer_weight
         self.prior_layers_weight = prior_layers_weight
@@ -140,37 +156,22 @@ class AdaptiveLayerLoss(Loss):
         self.kl_temperature = kl_temperature
         self.layer_weighting = layer_weighting
 
-    @property
-    def min_inputs(self):
-        return self.loss.min_inputs
+    def derive_inputs(self, inner):
+        return dataclasses.replace(inner, kind=InputKind.LAYER_EMBEDDINGS,
+                                   needs_key=self.n_layers_per_step > 0 or inner.needs_key)
 
-    @property
-    def max_inputs(self):
-        return self.loss.max_inputs
-
-    @property
-    def inputs_doc(self):
-        return self.loss.inputs_doc
-
-    @property
-    def label_doc(self):
-        return self.loss.label_doc
-
-    def label_rule(self, num_inputs):
-        return self.loss.label_rule(num_inputs)
-
-    def validate_columns(self, num_inputs, has_label):
-        try:
-            self.loss.validate_columns(num_inputs, has_label)
-        except ValueError as err:
-            raise ValueError(f"{self.name} wrapping {err}") from None
-
-    def init_params(self, rng):
-        return self.loss.init_params(rng)
-
-    @property
-    def needs_key(self):
-        return self.n_layers_per_step > 0 or self.loss.needs_key
+    def check_wrapped(self):
+        super().check_wrapped()
+        size = self.loss.inputs.mini_batch_size
+        if size is not None:
+            cached = self.loss
+            while isinstance(cached, WrapperLoss):  # name the GradCache loss itself, not a modifier around it
+                cached = cached.loss
+            raise ValueError(
+                f"{self.name} cannot wrap {cached.name}: per-layer losses are not supported with GradCache "
+                f"(mini_batch_size={size}), as in sentence-transformers, which warns that they are not compatible. "
+                f"Use the uncached loss (e.g. MultipleNegativesRankingLoss for CachedMultipleNegativesRankingLoss) "
+                f"with a batch that fits in memory.")
 
     def get_layer_weight(self, layer_idx: int) -> float:
         return layer_weight(self.layer_weighting, layer_idx)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from stcore_jax.similarity import cos_sim
 from stcore_jax.base.loss import Loss, check_context, f32, masked_mean, row_mask, sharding_agnostic
+from stcore_jax.similarity import cos_sim
 
 
 class BatchHardTripletLossDistanceFunction:

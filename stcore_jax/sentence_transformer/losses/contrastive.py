@@ -7,8 +7,17 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    LabelRange,
+    Loss,
+    LossInputs,
+    check_context,
+    f32,
+    masked_mean,
+    row_mask,
+    sharding_agnostic,
+)
 from stcore_jax.similarity import pairwise_cos_sim
-from stcore_jax.base.loss import Loss, check_context, f32, masked_mean, row_mask, sharding_agnostic
 
 _PAIRWISE_DISTANCE_EPS = 1e-6  # torch.nn.functional.pairwise_distance adds eps to the difference
 
@@ -111,6 +120,9 @@ class ContrastiveLoss(Loss):
     min_inputs, max_inputs, label = 2, 2, "required"
     inputs_doc = "(text_A, text_B)"
     label_doc = "a 1/0 (similar/dissimilar) label"
+    # A label outside [0, 1] turns the loss into a reward for the opposite (its terms are y * d^2 and (1 - y) * hinge).
+    inputs = LossInputs(label_range=LabelRange("ContrastiveLoss", "labels in [0, 1] (1 = similar, 0 = dissimilar)",
+                                               lambda y: (y < 0) | (y > 1)))
 
     def __init__(self, model=None, distance_metric: Callable | str = SiameseDistanceMetric.COSINE_DISTANCE,
                  margin: float = 0.5, size_average: bool = True) -> None:
@@ -137,6 +149,9 @@ class OnlineContrastiveLoss(Loss):
     min_inputs, max_inputs, label = 2, 2, "required"
     inputs_doc = "(text_A, text_B)"
     label_doc = "a 1/0 (similar/dissimilar) label"
+    # Pairs labelled neither 0 nor 1 are neither positives nor negatives: silently ignored.
+    inputs = LossInputs(label_range=LabelRange("OnlineContrastiveLoss", "labels 0 or 1 (pairs labelled otherwise would "
+                                               "be ignored)", lambda y: (y != 0) & (y != 1)))
 
     def __init__(self, model=None, distance_metric: Callable | str = SiameseDistanceMetric.COSINE_DISTANCE,
                  margin: float = 0.5) -> None:

@@ -8,9 +8,18 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    NEG,
+    Loss,
+    LossInputs,
+    check_context,
+    f32,
+    resolve_similarity,
+    row_mask,
+    sharding_agnostic,
+    similarity_fct_name,
+)
 from stcore_jax.similarity import cos_sim
-from stcore_jax.base.loss import (NEG, Loss, check_context, f32, resolve_similarity, row_mask, sharding_agnostic,
-                                    similarity_fct_name)
 
 
 @sharding_agnostic
@@ -51,6 +60,7 @@ class ContrastiveTensionLossInBatchNegatives(Loss):
 
     min_inputs, max_inputs, label = 1, 1, "none"
     inputs_doc = "(one text column; it is embedded by both encoders)"
+    inputs = LossInputs(owns_params=True)
 
     def __init__(self, model=None, scale: float = 20.0, similarity_fct: Callable | str = cos_sim) -> None:
         super().__init__(model)

@@ -13,9 +13,17 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    NEG,
+    Loss,
+    check_context,
+    f32,
+    resolve_similarity,
+    row_mask,
+    sharding_agnostic,
+    similarity_fct_name,
+)
 from stcore_jax.similarity import pairwise_angle_sim, pairwise_cos_sim
-from stcore_jax.base.loss import (NEG, Loss, check_context, f32, resolve_similarity, row_mask, sharding_agnostic,
-                                    similarity_fct_name)
 
 
 def _labels_vector(labels, batch, name):

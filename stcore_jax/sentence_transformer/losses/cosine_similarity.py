@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax.numpy as jnp
+import numpy as np
 
+from stcore_jax.base.loss import LabelRange, Loss, LossInputs, check_context, f32, masked_mean, sharding_agnostic
 from stcore_jax.similarity import pairwise_cos_sim
-from stcore_jax.base.loss import Loss, check_context, f32, masked_mean, sharding_agnostic
 
 # Built-in regression losses by name; a mask only works with these.
 _REGRESSION = {
@@ -65,6 +66,16 @@ class CosineSimilarityLoss(Loss):
                              f"got {loss_fct!r}.")
         self.loss_fct = loss_fct
         self.cos_score_transformation = cos_score_transformation
+
+    @property
+    def inputs(self):
+        """Without a ``cos_score_transformation``, scores past [-1, 1] are out of cosine's reach (a score of 5 is
+        chased forever). Finite ones only: an infinite score is left to ``nonfinite_policy``."""
+        if self.cos_score_transformation is not None:
+            return LossInputs()
+        return LossInputs(label_range=LabelRange(
+            self.name, "scores in [-1, 1], the range of cosine similarity (scale them, e.g. STS-B's 0-5 scores "
+            "divided by 5)", lambda y: np.isfinite(y) & (np.abs(y) > 1)))
 
     def compute_loss_from_embeddings(self, embeddings, labels=None, *, mask=None, **context):
         check_context(self.name, context)

@@ -13,9 +13,18 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    Loss,
+    LossInputs,
+    check_context,
+    f32,
+    masked_mean,
+    resolve_similarity,
+    row_mask,
+    sharding_agnostic,
+    similarity_fct_name,
+)
 from stcore_jax.similarity import _safe_sqrt, normalize, pairwise_dot_score
-from stcore_jax.base.loss import (Loss, check_context, f32, masked_mean, resolve_similarity, row_mask,
-                                    sharding_agnostic, similarity_fct_name)
 
 DISTANCES = ("mse", "l2", "cosine")
 
@@ -177,6 +186,10 @@ class EmbedDistillLoss(Loss):
                 raise ValueError(f"{self.name}(projection_dim=...) needs the student's embedding dimension: "
                                  "pass embedding_dimension= or a model with get_embedding_dimension().")
         self.embedding_dimension = embedding_dimension
+
+    @property
+    def inputs(self):
+        return LossInputs(owns_params=self.projection_dim is not None)
 
     def init_params(self, rng):
         """The projection (``torch.nn.Linear``-style uniform init), or ``{}`` without ``projection_dim``."""

@@ -24,9 +24,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stcore_jax.similarity import cos_sim
-from stcore_jax.base.loss import NEG, Loss, check_context, f32, row_mask, sharding_agnostic
+from stcore_jax.base.loss import NEG, Loss, LossInputs, check_context, f32, row_mask, sharding_agnostic
 from stcore_jax.sentence_transformer.losses.mnrl import _shard_blocks
+from stcore_jax.similarity import cos_sim
 
 
 @sharding_agnostic
@@ -128,6 +128,11 @@ class GISTEmbedLoss(Loss):
         self.contrast_positives = contrast_positives
         self.gather_across_devices = gather_across_devices
         self.num_shards = num_shards
+
+    @property
+    def inputs(self):
+        """Takes the guide's embeddings of every column (``guide_embeddings=``)."""
+        return LossInputs(guide=self.guide)
 
     def compute_loss_from_embeddings(self, embeddings, labels=None, *, guide_embeddings=None, mask=None,
                                      num_shards=None, **context):

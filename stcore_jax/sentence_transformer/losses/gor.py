@@ -7,9 +7,16 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    Loss,
+    check_context,
+    f32,
+    resolve_similarity,
+    row_mask,
+    sharding_agnostic,
+    similarity_fct_name,
+)
 from stcore_jax.similarity import cos_sim
-from stcore_jax.base.loss import (Loss, check_context, f32, resolve_similarity, row_mask, sharding_agnostic,
-                                    similarity_fct_name)
 
 
 def _gor_terms(embeddings, similarity_fct, mask):

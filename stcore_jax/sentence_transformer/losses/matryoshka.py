@@ -15,13 +15,14 @@ the chosen branch runs, and shapes stay static.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import Loss, WrapperLoss
 from stcore_jax.similarity import normalize
-from stcore_jax.base.loss import Loss
 
 
 def shrink(embeddings, dim: int):
@@ -96,17 +97,17 @@ def matryoshka_loss(loss_fn: Callable, embeddings: Sequence, labels=None, *, mat
     return sum(jax.lax.switch(chosen[j], branches) for j in range(n_dims_per_step))
 
 
-class MatryoshkaLoss(Loss):
+class MatryoshkaLoss(WrapperLoss):
     """Wraps another loss; takes the same columns and labels. See :func:`matryoshka_loss`.
 
     ``compute_loss_from_embeddings(embeddings, labels, key=None, dim_indices=None, **context)``:
-    ``key`` is needed when ``n_dims_per_step`` selects a random subset (:attr:`needs_key`).
+    ``key`` is needed when ``n_dims_per_step`` selects a random subset (declared: ``inputs.needs_key``).
+    The rest of the declaration is the wrapped loss's (a GradCache loss keeps its chunked embedding).
     """
 
     def __init__(self, model, loss: Loss, matryoshka_dims: Sequence[int],
                  matryoshka_weights: Sequence[float] | None = None, n_dims_per_step: int = -1) -> None:
-        super().__init__(model)
-        self.loss = loss
+        super().__init__(model, loss)
         self.matryoshka_dims, self.matryoshka_weights = sort_dims(matryoshka_dims, matryoshka_weights)
         get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
             model, "get_sentence_embedding_dimension", None)
@@ -116,38 +117,9 @@ class MatryoshkaLoss(Loss):
                              f"{model_dim}.")
         self.n_dims_per_step = n_dims_per_step
 
-    # The wrapped loss decides the column/label contract.
-    @property
-    def min_inputs(self):
-        return self.loss.min_inputs
-
-    @property
-    def max_inputs(self):
-        return self.loss.max_inputs
-
-    @property
-    def inputs_doc(self):
-        return self.loss.inputs_doc
-
-    @property
-    def label_doc(self):
-        return self.loss.label_doc
-
-    def label_rule(self, num_inputs):
-        return self.loss.label_rule(num_inputs)
-
-    def validate_columns(self, num_inputs, has_label):
-        try:
-            self.loss.validate_columns(num_inputs, has_label)
-        except ValueError as err:
-            raise ValueError(f"{self.name} wrapping {err}") from None
-
-    def init_params(self, rng):
-        return self.loss.init_params(rng)
-
-    @property
-    def needs_key(self):
-        return 0 < self.n_dims_per_step < len(self.matryoshka_dims) or self.loss.needs_key
+    def derive_inputs(self, inner):
+        samples = 0 < self.n_dims_per_step < len(self.matryoshka_dims)
+        return dataclasses.replace(inner, needs_key=samples or inner.needs_key)
 
     def compute_loss_from_embeddings(self, embeddings, labels=None, *, key=None, dim_indices=None, **context):
         inner_key = None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stcore_jax.similarity import cos_sim
 from stcore_jax.base.loss import NEG, Loss, check_context, f32, masked_mean, row_mask, sharding_agnostic
+from stcore_jax.similarity import cos_sim
 
 
 @sharding_agnostic

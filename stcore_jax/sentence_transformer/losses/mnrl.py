@@ -26,9 +26,17 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.loss import (
+    NEG,
+    Loss,
+    check_context,
+    f32,
+    resolve_similarity,
+    row_mask,
+    sharding_agnostic,
+    similarity_fct_name,
+)
 from stcore_jax.similarity import cos_sim
-from stcore_jax.base.loss import (NEG, Loss, check_context, f32, resolve_similarity, row_mask, sharding_agnostic,
-                                   similarity_fct_name)
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from stcore_jax.similarity import cos_sim
-from stcore_jax.sentence_transformer.losses.mnrl import DIRECTIONS, combine_lse, mnrl_block_logits, validate_mnrl_options
 from stcore_jax.base.loss import f32, resolve_similarity, row_mask
+from stcore_jax.sentence_transformer.losses.mnrl import (
+    DIRECTIONS,
+    combine_lse,
+    mnrl_block_logits,
+    validate_mnrl_options,
+)
+from stcore_jax.similarity import cos_sim
 
 
 def ring_multiple_negatives_ranking_loss(anchor, positive, *negatives, mesh: Mesh, axis_name: str = "data",

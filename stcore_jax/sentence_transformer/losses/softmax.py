@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from stcore_jax.base.loss import Loss, check_context, f32, masked_mean, sharding_agnostic
+from stcore_jax.base.loss import LabelRange, Loss, LossInputs, check_context, f32, masked_mean, sharding_agnostic
 
 
 def softmax_features(rep_a, rep_b, *, concatenation_sent_rep=True, concatenation_sent_difference=True,
@@ -100,6 +101,18 @@ class SoftmaxLoss(Loss):
         self.concatenation_sent_difference = concatenation_sent_difference
         self.concatenation_sent_multiplication = concatenation_sent_multiplication
         self.loss_fct = loss_fct
+
+    @property
+    def inputs(self):
+        """Owns its classifier. With the default cross-entropy, labels are class ids 0..num_labels-1: past the
+        classes one gathers NaN (the step is skipped), -1 wraps to the last class, 1.5 is truncated (PyTorch raises
+        for these)."""
+        if self.loss_fct is not None:
+            return LossInputs(owns_params=True)
+        n = self.num_labels
+        return LossInputs(owns_params=True, label_range=LabelRange(
+            self.name, f"integer class ids 0..{n - 1} (num_labels={n})",
+            lambda y: (y != np.floor(y)) | (y < 0) | (y >= n)))
 
     def init_params(self, rng):
         """``{"classifier": {"kernel": [k*D, num_labels], "bias": [num_labels]}}``, initialised like

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import jax
 
-from stcore_jax.similarity import pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
 from stcore_jax.base.loss import Loss, check_context, f32, masked_mean, sharding_agnostic
+from stcore_jax.similarity import pairwise_cos_sim, pairwise_euclidean_sim, pairwise_manhattan_sim
 
 _NAMES = ("EUCLIDEAN", "MANHATTAN", "COSINE")
 

@@ -1,0 +1,155 @@
+"""``Task``: what a model family tells the generic training loop (training/trainer.py).
+
+The loop owns the mesh, the train state and its shardings, the jitted step, the epoch plans and
+streams, schedules, checkpoints, evaluation and callbacks; it never looks inside a model, a dataset row
+or a loss. A family (sentence_transformer/task.py, and the fake one of tests/training/test_generic_loop.py)
+implements this class to supply everything that does:
+
+- **losses**: the default loss, turning what the user passed into a loss object, validating the
+  losses (before any dataset is prepared or anything compiles), a loss's own parameters, and the
+  **objective** ``(trainable, batch, key) -> (loss, aux)`` that the step differentiates;
+- **data**: preparing a dataset (validation and tokenization or the family's equivalent) into an object
+  the loop treats as opaque except for ``len()``; a stream source for ``IterableDataset`` s; the length
+  of rows (for length buckets); collation into fixed-shape numpy batches, padded or sequence-packed;
+- **the model**: its compute-dtype view, export, frozen parameters and parameter counts, and the
+  callbacks it brings (e.g. the model card).
+
+Contract with the model: ``task.model.params`` is the model's parameter pytree; the loop trains it as
+``state["trainable"]["model"]`` and writes the live arrays back to ``model.params`` after every step.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import jax
+import numpy as np
+
+from stcore_jax.training.step import Objective
+
+
+class Task(abc.ABC):
+    """One model family's side of training. ``model`` is the model being trained, ``args`` the
+    :class:`~stcore_jax.training.arguments.TrainingArguments`."""
+
+    label_columns: tuple[str, ...] = ()  # passed to batch samplers as ``valid_label_columns``
+
+    def __init__(self, model, args):
+        self.model, self.args = model, args
+
+    # -- losses --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def default_loss(self):
+        """The loss used when the trainer gets none."""
+
+    def build_loss(self, loss):
+        """What the user passed for one dataset (a loss, or e.g. a factory ``model -> loss``) -> the loss."""
+        return loss
+
+    def check_losses(self, losses: dict) -> None:
+        """Raise a clear ``ValueError`` for a loss the model or the arguments cannot train (``losses``: dataset
+        name -> loss). Runs before any dataset is prepared and before anything compiles."""
+        return None
+
+    def init_loss_params(self, loss, rng) -> dict:
+        """The loss's own trainable parameters (``{}``: none); trained under ``trainable["loss"][name]``."""
+        return {}
+
+    @abc.abstractmethod
+    def objective(self, loss, *, loss_key: str | None, num_shards: int, model=None) -> Objective:
+        """The function the step differentiates: ``objective(trainable, batch, key) -> (loss, aux)``.
+
+        ``trainable = {"model": params, "loss": {name: loss params}}`` (``loss_key``: this loss's entry,
+        ``None`` for the whole ``trainable["loss"]``); ``batch`` a collated batch as device arrays; ``key``
+        the dropout key (``None``: evaluation, no dropout); ``loss`` a scalar and ``aux`` a dict of scalars
+        to log. ``num_shards``: how many data shards the batch rows are split over. ``model``: whose forward
+        to run (default: :meth:`compute_model`)."""
+
+    # -- data ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Check the model against the arguments and configure it for training (called once, before any
+        dataset is prepared)."""
+        return None
+
+    @abc.abstractmethod
+    def prepare(self, dataset, name: str, loss, *, is_dict: bool):
+        """Validate ``dataset`` (a ``datasets.Dataset`` named ``name``, trained or evaluated with ``loss``;
+        ``is_dict``: it came in a dict of datasets) and return it prepared for :meth:`collate`: an object
+        with ``len()`` (its number of rows), otherwise opaque to the loop."""
+
+    def stream_source(self, dataset, name: str, loss, *, is_dict: bool):
+        """An ``IterableDataset`` as a source with ``.dataset`` (the stream) and ``.prepare(examples,
+        first_row)`` -> a prepared object of one step's examples (as :meth:`prepare` returns)."""
+        raise ValueError(f"{type(self).__name__} does not train on streams (IterableDataset)")
+
+    def longest(self, prepared, rows) -> int:
+        """Length of the longest of ``rows`` (the length a batch of them pads to, before bucketing);
+        rows without a length (fixed-size features): 1."""
+        return 1
+
+    def max_length(self) -> int:
+        """The longest row the model takes (the last length bucket)."""
+        return 1
+
+    def check_lengths(self, buckets: tuple[int, ...]) -> tuple[int, ...]:
+        """The length buckets the loop will pad to, checked (or cut) against the model."""
+        return buckets
+
+    @abc.abstractmethod
+    def collate(self, prepared, rows, batch_size: int, length: int) -> dict:
+        """``rows`` of ``prepared`` -> a numpy batch of ``batch_size`` rows (the rows past ``len(rows)``
+        padding) of ``length``: a pytree whose leaves have the batch on axis 0."""
+
+    def sampler_inputs(self, prepared, kind) -> dict:
+        """Keyword arguments a built-in batch sampler of ``kind`` needs from the data (``rows``: per row a
+        hashable of its values, for NO_DUPLICATES; ``labels``, for GROUP_BY_LABEL)."""
+        return {}
+
+    def count_tokens(self, batch) -> int:
+        """Tokens (or the family's unit) in a collated batch, for ``tokens_per_second``."""
+        return 0
+
+    def batch_report(self, prepared, rows) -> dict:
+        """The rows of a batch whose loss was not finite, as plain JSON (nonfinite_policy="stop")."""
+        return {"rows": [int(r) for r in rows]}
+
+    # -- sequence packing ----------------------------------------------------------------------
+    def packing_obstacles(self, losses: dict) -> list[str]:
+        """Why the batches cannot be sequence-packed (empty: they can)."""
+        return [f"{type(self).__name__} does not pack sequences"]
+
+    def packed_shape(self, datasets: list, steps: list, global_batch: int, num_shards: int,
+                     k: int) -> tuple[int, tuple[int, ...]]:
+        """``(row_length, rows-per-shard buckets)`` fitted to ``steps`` (``[(prepared, micro-batch rows)]``
+        of the first epoch) of the training ``datasets``; ``k`` buckets."""
+        raise NotImplementedError
+
+    def collate_packed(self, prepared, micro_batches, batch_size: int, num_shards: int, local_shards,
+                       row_length: int, row_buckets) -> list[dict]:
+        """One packed batch per micro-batch of rows: the data shards ``local_shards`` (this process's)."""
+        raise NotImplementedError
+
+    # -- the model -----------------------------------------------------------------------------
+    def compute_model(self):
+        """What the compiled steps run (e.g. a bfloat16 view of the model for ``bf16=True``)."""
+        return self.model
+
+    def frozen_keys(self) -> frozenset:
+        """Top-level keys of ``model.params`` that get no optimizer state and no update (e.g. a LoRA base)."""
+        return frozenset()
+
+    def parameter_counts(self) -> tuple[int, int] | None:
+        """``(trainable, all)`` parameters, for the start-of-training log line (None: not logged)."""
+        return None
+
+    def num_trainable_parameters(self) -> int:
+        """Parameters the optimizer updates."""
+        return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(self.model.params)))
+
+    @abc.abstractmethod
+    def save(self, path: str, *, create_model_card: bool = True) -> None:
+        """Export the model (with its current ``params``) to ``path`` in the family's format."""
+
+    def callbacks(self, trainer) -> list:
+        """Callbacks the family adds to every trainer (after the loggers, before the user's)."""
+        return []
