@@ -23,7 +23,7 @@ from stcore_jax.sentence_transformer.data import (
     prepare_dataset,
 )
 from stcore_jax.sentence_transformer.losses import CoSENTLoss
-from stcore_jax.sentence_transformer.losses.embed import compute_loss, supports_packing, validate_loss
+from stcore_jax.sentence_transformer.losses.embed import compute_loss, unpackable_reason, validate_loss
 from stcore_jax.sentence_transformer.model_card import ModelCardCallback
 from stcore_jax.sentence_transformer.stream import StreamSource
 from stcore_jax.training.arguments import BatchSamplers
@@ -150,8 +150,11 @@ class SentenceTransformerTask(Task):
                            f"({getattr(getattr(module, 'encoder_cls', None), '__name__', 'no encoder')}) cannot pack")
         if self.args.router_mapping:
             reasons.append("router_mapping routes columns to different modules")
-        return reasons + [f"loss {type(lo).__name__} of dataset {n!r} embeds its columns itself (GradCache, a guide "
-                          f"or per-layer embeddings)" for n, lo in losses.items() if not supports_packing(lo)]
+        for n, lo in losses.items():
+            why = unpackable_reason(lo.inputs)  # from the loss's declaration
+            if why is not None:
+                reasons.append(f"loss {type(lo).__name__} of dataset {n!r} embeds its columns itself ({why})")
+        return reasons
 
     def packed_shape(self, datasets, steps, global_batch, num_shards, k):
         """The row length trading padding against attention cost (batching/packing.py), and rows-per-shard

@@ -38,6 +38,28 @@ class TrainerCallback:
     def on_prediction_step(self, args, state, control, **kwargs): ...
 
 
+class CallbackHandler:
+    """The trainer's callback list (``self.callbacks``) and the HF Trainer's methods on it; events go to every
+    callback with ``(args, state, control, model=..., **kwargs)``."""
+
+    def add_callback(self, callback):
+        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+
+    def pop_callback(self, callback):
+        for cb in self.callbacks:
+            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
+                self.callbacks.remove(cb)
+                return cb
+        return None
+
+    def remove_callback(self, callback):
+        self.pop_callback(callback)
+
+    def _fire(self, event, **kwargs):
+        for cb in self.callbacks:
+            getattr(cb, event)(self.args, self.state, self.control, model=self.model, **kwargs)
+
+
 class JsonLinesLogger(TrainerCallback):
     """Appends every log dict to ``output_dir/logs.jsonl`` (process 0 only)."""
 

@@ -26,7 +26,13 @@ from stcore_jax.batching.buckets import bucket_for
 from stcore_jax.distributed import maybe_initialize_distributed
 from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.training.arguments import TrainingArguments
-from stcore_jax.training.callbacks import JsonLinesLogger, TrainerCallback, TrainerControl, integration_callbacks
+from stcore_jax.training.callbacks import (
+    CallbackHandler,
+    JsonLinesLogger,
+    TrainerCallback,
+    TrainerControl,
+    integration_callbacks,
+)
 from stcore_jax.training.evaluate import mean_eval_loss, run_evaluator
 from stcore_jax.training.feed import DataFeed, as_dataset_dict
 from stcore_jax.training.logs import LogWindow
@@ -49,7 +55,7 @@ def _abstract(state):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-class Trainer(DataFeed):
+class Trainer(DataFeed, CallbackHandler):
     """Train ``task.model`` (a family's :class:`~stcore_jax.training.task.Task`) under ``args``; the other
     arguments are those of the sentence-transformers trainers."""
 
@@ -137,23 +143,6 @@ class Trainer(DataFeed):
         return jax.process_index() == 0
 
     is_local_process_zero = is_world_process_zero
-
-    def add_callback(self, callback):
-        self.callbacks.append(callback() if isinstance(callback, type) else callback)
-
-    def pop_callback(self, callback):
-        for cb in self.callbacks:
-            if cb is callback or (isinstance(callback, type) and isinstance(cb, callback)):
-                self.callbacks.remove(cb)
-                return cb
-        return None
-
-    def remove_callback(self, callback):
-        self.pop_callback(callback)
-
-    def _fire(self, event, **kwargs):
-        for cb in self.callbacks:
-            getattr(cb, event)(self.args, self.state, self.control, model=self.model, **kwargs)
 
     # -- the train state and the step ----------------------------------------------------------
     def _init_state(self, total_steps):

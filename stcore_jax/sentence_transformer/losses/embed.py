@@ -144,7 +144,7 @@ def loss_context(loss, *, mask=None, num_shards=None, loss_params=None, key=None
     return ctx
 
 
-def _unpackable_reason(spec) -> str | None:
+def unpackable_reason(spec) -> str | None:
     """Why a loss with declaration ``spec`` cannot take a sequence-packed batch (None: it can)."""
     if spec.kind is InputKind.LAYER_EMBEDDINGS:
         return "per-layer embeddings, from every hidden state of every column"
@@ -160,7 +160,7 @@ def _unpackable_reason(spec) -> str | None:
 def supports_packing(loss) -> bool:
     """Whether ``compute_loss`` can embed this loss's columns from a sequence-packed batch: only the plain
     path (one forward over all columns, last-layer embeddings), not GradCache, a guide or per-layer embeddings."""
-    return _unpackable_reason(loss.inputs) is None
+    return unpackable_reason(loss.inputs) is None
 
 
 def _wrapper_chain(loss):
@@ -185,7 +185,7 @@ def validate_loss(loss, model, *, packing=None, dataset: str | None = None) -> N
         raise ValueError(f"{loss.name} takes {spec.kind.value}, which a SentenceTransformer does not compute (it "
                          f"gives {' or '.join(sorted(k.value for k in KINDS))}); train it with the model family it "
                          f"belongs to.")
-    reason = _unpackable_reason(spec)
+    reason = unpackable_reason(spec)
     if packing is True and reason is not None:
         where = "" if dataset is None else f" of dataset {dataset!r}"
         raise ValueError(f"sequence_packing=True, but loss {loss.name}{where} embeds its columns itself ({reason}) "
@@ -204,7 +204,7 @@ def compute_loss(loss, forward: Callable, params, features: Sequence[dict], labe
     embeddings when a guide is declared."""
     spec = loss.inputs
     features = list(features)
-    reason = _unpackable_reason(spec)
+    reason = unpackable_reason(spec)
     if packed is not None and reason is not None:
         raise ValueError(f"{loss.name} embeds its columns itself ({reason}) and cannot take a sequence-packed "
                          f"batch; train with sequence_packing=False")
