@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from stcore_jax.cross_encoder import CrossEncoder  # noqa: E402
 from stcore_jax.models import Asym, Dense, Normalize, Pooling, Router, StaticEmbedding, Transformer  # noqa: E402
 from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
@@ -16,6 +17,7 @@ from stcore_jax.training import (  # noqa: E402
 __all__ = [
     "Asym",
     "BatchSamplers",
+    "CrossEncoder",
     "Dense",
     "LoraConfig",
     "MultiDatasetBatchSamplers",

@@ -190,11 +190,14 @@ def check_context(loss_name: str, context: dict[str, Any]) -> None:
 class InputKind(enum.Enum):
     """What the dispatcher computes from a batch's features and hands to ``compute_loss_from_embeddings``.
 
-    Open: rerankers will add scores, SPLADE sparse vectors.
+    Open: SPLADE will add sparse vectors.
     """
 
     EMBEDDINGS = "embeddings"  # per column: the [B, D] sentence embedding (the last layer's)
     LAYER_EMBEDDINGS = "layer_embeddings"  # per hidden state l = 0..L (embeddings output first), per column: [B, D]
+    # CrossEncoder losses: the model's logits of (text, text) pairs, laid out as LossInputs.pair_layout says
+    # (stcore_jax/cross_encoder/losses/_common.py PAIR_LAYOUTS); handed to ``compute_loss_from_scores``.
+    SCORES = "scores"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +220,9 @@ class LossInputs:
     caller gives none. ``guide``: a guide model whose embeddings of every column the loss also takes (GIST).
     ``needs_key``: the loss samples at random and takes a ``key=``. ``label_range``: the label values it can
     use (:class:`LabelRange`), or None. ``owns_params``: it has trainable parameters (:meth:`Loss.init_params`).
+    ``pair_layout``: ``kind=SCORES`` only, which (text, text) pairs the collator forms from the columns and how
+    their logits are arranged: ``"pairs"``, ``"anchor_columns"``, ``"mnrl"`` or ``"listwise"``
+    (cross_encoder/losses/_common.py ``PAIR_LAYOUTS``); None for embedding losses.
     """
 
     kind: InputKind = InputKind.EMBEDDINGS
@@ -226,6 +232,7 @@ class LossInputs:
     needs_key: bool = False
     label_range: LabelRange | None = None
     owns_params: bool = False
+    pair_layout: str | None = None
 
 
 class Loss:

@@ -99,12 +99,19 @@ def save_model_dir(model, path, *, create_model_card=True, model_name=None) -> N
             raise ValueError(f"save_pretrained: a {type(m).__name__} is only supported as the first module")
         if isinstance(m, Router):
             m.check_export()
+    write_atomically(path, lambda staging: _write(model, staging, create_model_card))
+
+
+def write_atomically(path: str, write) -> None:
+    """Run ``write(staging_dir)`` and move the result to ``path`` with renames (replacing a previous model
+    export there), so a failure never leaves a half-written mix of two models."""
+    path = os.path.abspath(os.fspath(path))
     _check_target(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
-        _write(model, staging, create_model_card)
+        write(staging)
         if os.path.isdir(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
             os.rmdir(old)
