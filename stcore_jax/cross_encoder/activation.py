@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 _ACT, _LIN = "torch.nn.modules.activation.", "torch.nn.modules.linear."
 # torch dotted path -> what the module computes on [B, C] scores (torch's Softmax with dim=None on a 2-D input
 # takes dim=1, the last axis).
-_TORCH = {
+TORCH_ACTIVATIONS = _TORCH = {
     _ACT + "Sigmoid": jax.nn.sigmoid,
     _LIN + "Identity": lambda x: x,
     _ACT + "Tanh": jnp.tanh,

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stcore_jax.base.loss import InputKind, Loss, LossInputs, masked_mean, masked_sum
+from stcore_jax.cross_encoder.activation import IDENTITY, SIGMOID, TORCH_ACTIVATIONS  # noqa: F401 (names for the losses)
 
 Array = jax.Array
 
@@ -45,17 +46,10 @@ PAIR_LAYOUTS = {
 
 CONTEXT_KEYS = frozenset({"mask", "doc_mask"})
 
-# Activations by name. Keys are what the reference's get_config_dict writes (util.fullname of the torch
-# module), so a config written by either library reads the same.
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "torch.nn.modules.linear.Identity": lambda x: x,
-    "torch.nn.modules.activation.Sigmoid": jax.nn.sigmoid,
-    "torch.nn.modules.activation.Tanh": jnp.tanh,
-    "torch.nn.modules.activation.ReLU": jax.nn.relu,
-}
+# Activations by name: the model's table (cross_encoder/activation.py). Keys are what the reference's
+# get_config_dict writes (util.fullname of the torch module), so a config written by either library reads the same.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = TORCH_ACTIVATIONS
 _SHORT = {name.rsplit(".", 1)[1].lower(): name for name in ACTIVATIONS}
-IDENTITY = "torch.nn.modules.linear.Identity"
-SIGMOID = "torch.nn.modules.activation.Sigmoid"
 
 
 def resolve_activation(fn) -> tuple[Callable[[Array], Array] | None, str]:

@@ -65,7 +65,7 @@ from stcore_jax.sentence_transformer.losses.gradcache import cached_embed_column
 
 Array = jax.Array
 
-# What a SentenceTransformer computes for a loss (rerankers will add scores, SPLADE sparse vectors).
+# What a SentenceTransformer computes for a loss (CrossEncoder losses take scores: InputKind.SCORES, rejected here).
 KINDS = frozenset({InputKind.EMBEDDINGS, InputKind.LAYER_EMBEDDINGS})
 
 # fold_in data for the loss's own sampling key, chosen far from any column index.
