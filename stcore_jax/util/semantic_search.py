@@ -329,3 +329,88 @@ def semantic_search(
         [{"corpus_id": c, "score": s} for c, s in zip(row_idx, row_scores)]
         for row_idx, row_scores in zip(idx.tolist(), scores.tolist())
     ]
+
+
+# --- Corpus-sharded search: each corpus block is split across all local devices --------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("k", "scorer", "mesh"), donate_argnums=(0, 1))
+def sharded_topk_step(best_scores, best_idx, queries, corpus, offset, n_valid, *, k, scorer, mesh):
+    """``topk_chunk_step`` with the corpus block's rows split over ``mesh``'s single axis.
+
+    Each device scores its ``[Qc, Cc / n_dev]`` slice and keeps its own top-k; the per-device lists are
+    concatenated in device order (= ascending corpus index), so the merge keeps the (-score, index) order.
+    Shapes: best_* ``[Qc, k]`` (replicated), queries ``[Qc, D]`` (replicated), corpus ``[Cc, D]`` (row-sharded).
+    """
+    axis = mesh.axis_names[0]
+    rows = corpus.shape[0] // mesh.size
+    k_local = min(k, rows)
+
+    def local(q, c, valid_rows):
+        first = jax.lax.axis_index(axis) * rows
+        scores = scorer.score(q, c).astype(jnp.float32)
+        scores = jnp.where((first + jnp.arange(rows))[None, :] < valid_rows, scores, -jnp.inf)
+        s, i = jax.lax.top_k(scores, k_local)
+        return s, i.astype(jnp.int32) + first
+
+    P = jax.sharding.PartitionSpec
+    # [Qc, n_dev * k_local], laid out in device order; the small merge below runs on the gathered lists.
+    block_scores, block_idx = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(axis), P()), out_specs=(P(None, axis), P(None, axis))
+    )(queries, corpus, n_valid)
+    all_scores = jnp.concatenate([best_scores, block_scores], axis=1)
+    all_idx = jnp.concatenate([best_idx, block_idx + offset], axis=1)
+    merged_scores, pos = jax.lax.top_k(all_scores, k)
+    return merged_scores, jnp.take_along_axis(all_idx, pos, axis=1)
+
+
+def search_mesh() -> jax.sharding.Mesh:
+    """A one-axis mesh (``"search"``) over all local devices."""
+    return jax.sharding.Mesh(np.array(jax.local_devices()), ("search",))
+
+
+def sharded_top_k_search(
+    query_embeddings,
+    corpus_embeddings,
+    top_k: int,
+    *,
+    score_function: Any = _sim.cos_sim,
+    query_chunk_size: int = 1024,
+    corpus_chunk_size: int = 65536,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k_search`` with every corpus block split over all local devices (or ``mesh``).
+
+    The corpus (host ``[C, D]``) is moved one ``[corpus_chunk, D]`` block at a time, each device receiving
+    ``corpus_chunk / n_dev`` rows; device memory is ``O(Q*D + Q*k*n_dev + query_chunk*corpus_chunk/n_dev)``,
+    never the ``[Q, C]`` score matrix. Returns ``(scores [Q, k] float32, indices [Q, k] int64)``,
+    ``k = min(top_k, C)``, rows sorted by descending score, ties by ascending index.
+    """
+    mesh = mesh or search_mesh()
+    n_dev = mesh.size
+    corpus, queries = _rows(corpus_embeddings), _rows(query_embeddings)
+    n_corpus, n_queries = corpus.shape[0], queries.shape[0]
+    k = min(top_k, n_corpus)
+    if k == 0 or n_queries == 0:
+        return np.zeros((n_queries, k), np.float32), np.zeros((n_queries, k), np.int64)
+    scorer = get_scorer(score_function)
+    block = max(_bucket(max(min(n_corpus, corpus_chunk_size), 1), corpus_chunk_size), k)
+    block = -(-block // n_dev) * n_dev  # every device gets the same number of rows
+    q_chunk = _bucket(n_queries, query_chunk_size)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    by_rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    states = []
+    for start in range(0, n_queries, q_chunk):
+        q = jax.device_put(np.asarray(_pad_rows(queries[start : start + q_chunk], q_chunk)), replicated)
+        states.append([_prepare(q, scorer=scorer), jax.device_put(np.full((q_chunk, k), -np.inf, np.float32),
+                       replicated), jax.device_put(np.full((q_chunk, k), -1, np.int32), replicated)])
+    for start in range(0, n_corpus, block):
+        rows = corpus[start : start + block]
+        n_valid = rows.shape[0]
+        rows = _prepare(jax.device_put(np.asarray(_pad_rows(rows, block)), by_rows), scorer=scorer)
+        for state in states:
+            state[1], state[2] = sharded_topk_step(state[1], state[2], state[0], rows, jnp.int32(start),
+                                                   jnp.int32(n_valid), k=k, scorer=scorer, mesh=mesh)
+    scores = np.concatenate([np.asarray(s) for _, s, _ in states])[:n_queries]
+    idx = np.concatenate([np.asarray(i) for _, _, i in states])[:n_queries]
+    return scores, idx.astype(np.int64)
