@@ -6,6 +6,12 @@ Each is ``evaluator(model, output_path=None, epoch=-1, steps=-1) -> dict[str, fl
 
 from stcore_jax.cross_encoder.evaluation.classification import CrossEncoderClassificationEvaluator
 from stcore_jax.cross_encoder.evaluation.correlation import CrossEncoderCorrelationEvaluator
+from stcore_jax.cross_encoder.evaluation.nano_beir import CrossEncoderNanoBEIREvaluator
 from stcore_jax.cross_encoder.evaluation.reranking import CrossEncoderRerankingEvaluator
 
-__all__ = ["CrossEncoderClassificationEvaluator", "CrossEncoderCorrelationEvaluator", "CrossEncoderRerankingEvaluator"]
+__all__ = [
+    "CrossEncoderClassificationEvaluator",
+    "CrossEncoderCorrelationEvaluator",
+    "CrossEncoderRerankingEvaluator",
+    "CrossEncoderNanoBEIREvaluator",
+]

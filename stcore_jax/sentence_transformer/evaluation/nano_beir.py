@@ -8,33 +8,21 @@ directory (a snapshot of the Hugging Face repository, or ``save_to_disk`` output
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from stcore_jax.base.evaluation.evaluator import SentenceEvaluator, append_plain_csv_row, epoch_text
+from stcore_jax.base.evaluation.nano_beir import (
+    DATASET_NAME_TO_HUMAN_READABLE,
+    load_subset_split,
+    validate_dataset_names,
+)
 from stcore_jax.sentence_transformer.evaluation.information_retrieval import InformationRetrievalEvaluator
 from stcore_jax.similarity import SimilarityFunction
 
 logger = logging.getLogger(__name__)
-
-DATASET_NAME_TO_HUMAN_READABLE = {
-    "climatefever": "ClimateFEVER",
-    "dbpedia": "DBPedia",
-    "fever": "FEVER",
-    "fiqa2018": "FiQA2018",
-    "hotpotqa": "HotpotQA",
-    "msmarco": "MSMARCO",
-    "nfcorpus": "NFCorpus",
-    "nq": "NQ",
-    "quoraretrieval": "QuoraRetrieval",
-    "scidocs": "SCIDOCS",
-    "arguana": "ArguAna",
-    "scifact": "SciFact",
-    "touche2020": "Touche2020",
-}
 
 
 def _rows_of(table) -> list[dict]:
@@ -234,34 +222,14 @@ class NanoBEIREvaluator(SentenceEvaluator):
         return _rows_of(table)
 
     def _load_from_id(self, subset: str, split: str):
-        try:
-            import datasets
-        except ImportError as e:
-            raise ValueError("NanoBEIREvaluator needs the `datasets` package (`pip install datasets`).") from e
-        saved = os.path.join(str(self.dataset_id), subset)
-        try:
-            if os.path.isdir(saved) and os.path.isfile(os.path.join(saved, "dataset_dict.json")):
-                return datasets.load_from_disk(saved)[split]
-            return datasets.load_dataset(self.dataset_id, subset, split=split)
-        except Exception as e:
-            raise ValueError(
-                f"Could not load subset '{subset}' split '{split}' from dataset '{self.dataset_id}' "
-                f"({type(e).__name__}: {e}). "
-                "Without network access, pass the data explicitly: dataset_id='/path/to/NanoBEIR-en' (a local snapshot "
-                "of the Hugging Face dataset repository, or a directory with one `save_to_disk` DatasetDict per subset "
-                "'corpus', 'queries', 'qrels' whose splits are named like 'NanoMSMARCO'), or "
-                "datasets={'msmarco': {'corpus': ..., 'queries': ..., 'qrels': ...}} with datasets.Dataset objects, "
-                "lists of rows or dicts of columns."
-            ) from e
+        return load_subset_split(
+            self.dataset_id, subset, split, evaluator="NanoBEIREvaluator", subsets=("corpus", "queries", "qrels"),
+            alternative=", or datasets={'msmarco': {'corpus': ..., 'queries': ..., 'qrels': ...}} with "
+            "datasets.Dataset objects, lists of rows or dicts of columns",
+        )
 
     def _validate_dataset_names(self):
-        if len(self.dataset_names) == 0:
-            raise ValueError("dataset_names cannot be empty. Use None to evaluate on all datasets.")
-        if missing := [n for n in self.dataset_names if n.lower() not in DATASET_NAME_TO_HUMAN_READABLE]:
-            raise ValueError(
-                f"Dataset(s) {missing} are not valid NanoBEIR datasets. "
-                f"Valid dataset names are: {list(DATASET_NAME_TO_HUMAN_READABLE)}"
-            )
+        validate_dataset_names(self.dataset_names)
 
     def _validate_prompts(self):
         errors = ""
