@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from stcore_jax.cross_encoder import CrossEncoder  # noqa: E402
+from stcore_jax.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments  # noqa: E402
 from stcore_jax.models import Asym, Dense, Normalize, Pooling, Router, StaticEmbedding, Transformer  # noqa: E402
 from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
@@ -18,6 +18,8 @@ __all__ = [
     "Asym",
     "BatchSamplers",
     "CrossEncoder",
+    "CrossEncoderTrainer",
+    "CrossEncoderTrainingArguments",
     "Dense",
     "LoraConfig",
     "MultiDatasetBatchSamplers",

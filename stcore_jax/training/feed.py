@@ -15,7 +15,7 @@ import numpy as np
 
 from stcore_jax.batching.buckets import bucket_for, covering, default_buckets, fit_buckets
 from stcore_jax.training.arguments import BatchSamplers
-from stcore_jax.training.distributed import local_batch_slots, local_rows, to_global
+from stcore_jax.training.distributed import local_batch_slots, to_global
 from stcore_jax.training.samplers import SAMPLERS, accumulation_groups, epoch_batches, multi_dataset_order
 from stcore_jax.training.stream import StreamPosition, epoch_groups, group_rows, is_stream
 
@@ -168,7 +168,7 @@ class DataFeed:
         length = max(bucket_for(self.task.longest(ds, rows), self.buckets) for rows in micro_batches)  # all agree
         slots = local_batch_slots(self.mesh, batch_size) if jax.process_count() > 1 else None
         parts = [self.task.collate(ds, rows, batch_size, length) if slots is None else
-                 self.task.collate(ds, local_rows(rows, slots), len(slots), length) for rows in micro_batches]
+                 self.task.collate_local(ds, rows, slots, batch_size, length) for rows in micro_batches]
         return stack_micro_batches(parts)
 
     def _collate_packed(self, ds, micro_batches, batch_size):

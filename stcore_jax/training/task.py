@@ -25,6 +25,7 @@ import abc
 import jax
 import numpy as np
 
+from stcore_jax.training.distributed import local_rows
 from stcore_jax.training.step import Objective
 
 
@@ -99,6 +100,13 @@ class Task(abc.ABC):
     def collate(self, prepared, rows, batch_size: int, length: int) -> dict:
         """``rows`` of ``prepared`` -> a numpy batch of ``batch_size`` rows (the rows past ``len(rows)``
         padding) of ``length``: a pytree whose leaves have the batch on axis 0."""
+
+    def collate_local(self, prepared, rows, slots, batch_size: int, length: int) -> dict:
+        """Multi-process runs: the batch slots ``slots`` (ascending positions of the padded global batch of
+        ``batch_size``, those this process's devices hold) of the ``rows`` batch, collated as :meth:`collate`
+        would collate them. A family whose rows depend on the whole batch (e.g. in-batch candidates formed on
+        the host) overrides this."""
+        return self.collate(prepared, local_rows(rows, slots), len(slots), length)
 
     def sampler_inputs(self, prepared, kind) -> dict:
         """Keyword arguments a built-in batch sampler of ``kind`` needs from the data (``rows``: per row a

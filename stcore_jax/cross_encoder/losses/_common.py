@@ -77,6 +77,12 @@ def resolve_activation(fn) -> tuple[Callable[[Array], Array] | None, str]:
     return fn, f"{getattr(fn, '__module__', None) or ''}.{getattr(fn, '__name__', type(fn).__name__)}".lstrip(".")
 
 
+def _is_text_columns(x) -> bool:
+    """Whether a loss was called with raw text columns (the reference's ``loss(inputs, labels)``)."""
+    return (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple)) and len(x[0]) > 0
+            and isinstance(x[0][0], str))
+
+
 def apply_activation(fn, x: Array) -> Array:
     return x if fn is None else fn(x)
 
@@ -161,7 +167,16 @@ class CrossEncoderLoss(Loss):
     def compute_loss_from_embeddings(self, embeddings, labels=None, **context):
         raise TypeError(f"{self.name} takes scores (InputKind.SCORES): call compute_loss_from_scores.")
 
-    def __call__(self, scores: Array, labels=None, **context) -> Array:
+    def __call__(self, scores, labels=None, **context) -> Array:
+        """``loss(scores, labels, mask=..., doc_mask=...)`` on logits, or as the reference calls it,
+        ``loss(inputs, labels, prompt=None, task=None)`` with ``inputs`` the raw text columns (a list of columns,
+        each a list of texts or, for a listwise loss's documents, of lists of texts): the pairs are formed and
+        scored with ``self.model`` at its current parameters, without dropout (cross_encoder/data.py)."""
+        if _is_text_columns(scores):
+            from stcore_jax.cross_encoder.data import loss_on_columns  # data imports the losses' callers only
+
+            context.pop("task", None)  # a CrossEncoder without a Router: no route to pick
+            return loss_on_columns(self, scores, labels, prompt=context.pop("prompt", None), **context)
         return self.compute_loss_from_scores(scores, labels, **context)
 
 

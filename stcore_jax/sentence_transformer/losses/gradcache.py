@@ -48,118 +48,22 @@ compiled step).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from stcore_jax.base.gradcache import (  # noqa: F401 (ChunkLayout, to_chunks, from_chunks: re-exported here)
+    ChunkLayout,
+    _gradcache_embed_fn,
+    _map_chunks,
+    _split_batched,
+    chunk_layout,
+    from_chunks,
+    to_chunks,
+)
 from stcore_jax.sentence_transformer.losses.columns import batch_size, row_keys
 
 Array = jax.Array
-
-
-# --- chunking --------------------------------------------------------------------------------------
-class ChunkLayout(NamedTuple):
-    """How ``batch`` rows in ``shards`` contiguous blocks are cut into ``n_chunks`` chunks (static)."""
-
-    batch: int
-    shards: int
-    rows_per_shard: int  # m: rows each block contributes to a chunk
-    n_chunks: int
-    pad: int  # rows appended to each block
-
-    @property
-    def chunk_rows(self) -> int:
-        return self.shards * self.rows_per_shard
-
-
-def chunk_layout(batch: int, mini_batch_size: int, num_shards: int = 1) -> ChunkLayout:
-    if batch % num_shards:
-        raise ValueError(f"Batch size {batch} is not divisible by num_shards={num_shards}.")
-    per_shard = batch // num_shards
-    m = max(1, min(mini_batch_size // num_shards, per_shard))
-    n_chunks = -(-per_shard // m)
-    return ChunkLayout(batch, num_shards, m, n_chunks, n_chunks * m - per_shard)
-
-
-def to_chunks(x, layout: ChunkLayout):
-    """``[B, ...] -> [n_chunks, S * m, ...]``; chunk ``k`` holds rows ``k*m .. k*m+m-1`` of every block."""
-    s, m, n = layout.shards, layout.rows_per_shard, layout.n_chunks
-    rest = x.shape[1:]
-    x = x.reshape((s, layout.batch // s) + rest)
-    if layout.pad:
-        x = jnp.pad(x, [(0, 0), (0, layout.pad)] + [(0, 0)] * len(rest), mode="edge")
-    x = x.reshape((s, n, m) + rest)
-    return jnp.swapaxes(x, 0, 1).reshape((n, s * m) + rest)
-
-
-def from_chunks(y, layout: ChunkLayout):
-    """Inverse of :func:`to_chunks`: ``[n_chunks, S * m, ...] -> [B, ...]`` (padding dropped)."""
-    s, m, n = layout.shards, layout.rows_per_shard, layout.n_chunks
-    rest = y.shape[2:]
-    y = jnp.swapaxes(y.reshape((n, s, m) + rest), 0, 1).reshape((s, n * m) + rest)
-    return y[:, : layout.batch // s].reshape((layout.batch,) + rest)
-
-
-def _split_batched(features: dict, batch: int):
-    """Feature entries with a leading batch axis (chunked) and the rest (given to every chunk)."""
-    batched = {k: v for k, v in features.items() if getattr(v, "ndim", 0) >= 1 and v.shape[0] == batch}
-    rest = {k: v for k, v in features.items() if k not in batched}
-    return batched, rest
-
-
-def _embed_chunk(forward, params, chunk, rest, keys):
-    return forward(params, {**rest, **chunk}, dropout_key=keys)["sentence_embedding"]
-
-
-def _map_chunks(forward, params, chunks, rest, keys):
-    """Embed ``[n_chunks, rows, ...]`` features chunk by chunk, without keeping activations."""
-    return jax.lax.map(lambda xs: _embed_chunk(forward, params, xs[0], rest, xs[1]), (chunks, keys))
-
-
-def _gradcache_embed_fn(forward: Callable, shards: int):
-    """``f(params, chunks, rest, keys) -> [n_chunks, rows, D]`` whose VJP replays chunk by chunk.
-
-    With ``shards > 1`` the replay is vmapped over the chunk's ``shards`` row blocks and the parameter
-    gradient is accumulated per block (``[shards, ...]``, one block per device under batch sharding)
-    and summed once at the end, so a data-parallel step all-reduces the gradient once per column,
-    not once per chunk.
-    """
-
-    @jax.custom_vjp
-    def embed(params, chunks, rest, keys):
-        return _map_chunks(forward, params, chunks, rest, keys)
-
-    def fwd(params, chunks, rest, keys):
-        return _map_chunks(forward, params, chunks, rest, keys), (params, chunks, rest, keys)
-
-    def bwd(res, g_nrd):
-        params, chunks, rest, keys = res
-
-        def grad_of_chunk(chunk, k, g_rd):
-            _, vjp = jax.vjp(lambda p: _embed_chunk(forward, p, chunk, rest, k), params)
-            return vjp(g_rd)[0]
-
-        if shards > 1:
-            def blocks(x):
-                return x.reshape((shards, x.shape[0] // shards) + x.shape[1:])
-
-            def body(acc, xs):
-                g = jax.vmap(grad_of_chunk)(*jax.tree.map(blocks, xs))
-                return jax.tree.map(jnp.add, acc, g), None
-
-            zeros = jax.tree.map(lambda p: jnp.zeros((shards,) + p.shape, p.dtype), params)
-            grads, _ = jax.lax.scan(body, zeros, (chunks, keys, g_nrd))
-            grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
-        else:
-            def body(acc, xs):
-                return jax.tree.map(jnp.add, acc, grad_of_chunk(*xs)), None
-
-            grads, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (chunks, keys, g_nrd))
-        return grads, None, None, None
-
-    embed.defvjp(fwd, bwd)
-    return embed
 
 
 def cached_embed_columns(forward: Callable, params, features: Sequence[dict], dropout_key=None, *,
