@@ -323,3 +323,34 @@ def test_rejects_streams_and_other_models(ce_dirs, data, tmp_path, minilm_path):
     with pytest.raises(ValueError, match="trains a stcore_jax.CrossEncoder"):
         CrossEncoderTrainer(model=SentenceTransformer(str(minilm_path)),
                             train_dataset=Dataset.from_dict({"a": s1[:2], "b": s2[:2], "label": y[:2]}))
+
+
+def test_trainer_surface_multi_dataset_fsdp_accumulation_best_model(ce_dirs, data, tmp_path):
+    """The bi-encoder trainer's surface on a CrossEncoder: a dict of datasets with a loss each (pointwise and
+    listwise), NO_DUPLICATES batches, gradient accumulation, an FSDP mesh, step evaluation with a CrossEncoder
+    evaluator (its metrics logged with the eval_ prefix), checkpoints and load_best_model_at_end."""
+    from stcore_jax.cross_encoder.evaluation import CrossEncoderCorrelationEvaluator
+
+    s1, s2, y = data
+    model = CrossEncoder(ce_dirs[1])
+    train = {"pairs": Dataset.from_dict({"a": s1[:32], "b": s2[:32], "label": y[:32]}),
+             "lists": Dataset.from_dict({"q": s1[:16], "docs": [[s2[i], s2[i + 1]][: 1 + i % 2] for i in range(16)],
+                                         "labels": [[1.0, 0.0][: 1 + i % 2] for i in range(16)]})}
+    losses = {"pairs": L.BinaryCrossEntropyLoss(model), "lists": L.LambdaLoss(model)}
+    evaluator = CrossEncoderCorrelationEvaluator(list(zip(s1[32:48], s2[32:48])), y[32:48], name="sts")
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+        learning_rate=1e-3, mesh_shape={"data": 2, "fsdp": 4}, fsdp_min_size=1024, batch_sampler="no_duplicates",
+        eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2, load_best_model_at_end=True,
+        metric_for_best_model="eval_sts_spearman", logging_steps=1, length_buckets=1, disable_tqdm=True,
+        save_final_model=False)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=train, loss=losses, evaluator=evaluator)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_sts_spearman" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    best = max(evals, key=lambda h: h["eval_sts_spearman"])
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    # the model holds the best checkpoint's weights: evaluating it again gives the best logged metric
+    assert abs(evaluator(trainer.model)["sts_spearman"] - best["eval_sts_spearman"]) <= 1e-6
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(steps) == 4 and all(np.isfinite(h["loss"]) for h in steps)
