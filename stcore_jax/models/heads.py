@@ -77,10 +77,30 @@ class HeadModel:
     graphdef: Any
     params: dict
     new_keys: tuple[str, ...] = ()  # HF keys initialised afresh at load (not in the checkpoint)
+    gradient_checkpointing: bool = False  # the encoder rematerialises each layer (set by ``with_graph``)
 
     @property
     def num_labels(self) -> int | None:
         return num_labels_from(self.config.hf) if self.kind == "sequence_classification" else None
+
+    def with_graph(self, *, dtype=None, gradient_checkpointing: bool | None = None) -> HeadModel:
+        """A copy whose graph computes in ``dtype`` and/or recomputes each encoder layer in the backward pass
+        (``jax.checkpoint`` per layer); ``params`` (float32) are shared, ``self`` is unchanged.
+
+        The graph is rebuilt abstractly (no weights drawn), as the encoder's ``Transformer.with_compute_dtype``
+        does: the compute dtype lives in the Linear/LayerNorm modules, the remat flag on the encoder
+        (``arch.prefix``: ``bert``, ``roberta``, ``model``, ...). The heads' logits stay float32 either way."""
+        config = self.config if dtype is None else dataclasses.replace(self.config, dtype=dtype)
+        remat = self.gradient_checkpointing if gradient_checkpointing is None else bool(gradient_checkpointing)
+        abstract = nnx.eval_shape(lambda: _construct(self.architecture, self.kind, config, nnx.Rngs(0)))
+        encoder = getattr(abstract, self.architecture.prefix, None)
+        if hasattr(encoder, "gradient_checkpointing"):
+            encoder.gradient_checkpointing = remat
+        elif remat:
+            raise ValueError(f"gradient checkpointing: {type(abstract).__name__} has no encoder "
+                             f"{self.architecture.prefix!r} with a gradient_checkpointing switch")
+        graphdef, _ = nnx.split(abstract)
+        return dataclasses.replace(self, config=config, graphdef=graphdef, gradient_checkpointing=remat)
 
     def apply(self, params, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
         """The forward pass as a pure function of ``params`` (jit/grad it)."""

@@ -7,6 +7,11 @@ weight is ``W + scale * A @ B`` (PEFT's ``W + scale * B_t @ A_t`` in our [in, ou
 jit-friendly, it runs inside the jitted forward pass, so training and encoding see the same merged
 weights that ``save_pretrained`` writes (the export is a plain model; PyTorch loads it without PEFT).
 
+Modules to save (PEFT's ``modules_to_save``, e.g. a CrossEncoder's ``classifier`` with ``task_type="SEQ_CLS"``)
+are trained in full, as a copy: the adapter tree holds ``{"modules_to_save": copy of the module's params}`` at
+the module's path, and :func:`apply_lora` puts the copy in place of the frozen original (PEFT's
+``ModulesToSaveWrapper``: the original stays for ``disable_adapters``, the copy is what trains and merges).
+
 On the model, ``model.params`` gains a ``"lora"`` entry (``{"0": adapters}`` for the input module)
 while adapters are attached and enabled; :meth:`SentenceTransformer.forward` folds it in and stops
 gradients into the base weights, and the trainer gives the frozen base no optimizer state and no
@@ -30,6 +35,8 @@ from stcore_jax.models.registry import BY_MODEL_TYPE
 logger = logging.getLogger(__name__)
 
 LORA_KEY = "lora"  # the adapters' entry in SentenceTransformer.params
+SAVED_KEY = "modules_to_save"  # in the adapter tree: the trainable copy of a saved module's params
+SEQ_CLS_HEAD_NAMES = ("classifier", "score")  # PEFT's PeftModelForSequenceClassification adds these for SEQ_CLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +57,12 @@ class LoraConfig:
       init_lora_weights: True: A as PEFT (Kaiming-uniform, bound ``1/sqrt(in)``), B = 0, so the
         adapted model starts as the base model. False: B is Kaiming-uniform too (bound ``1/sqrt(r)``,
         PEFT's untouched ``nn.Linear`` init), for tests.
-      task_type, inference_mode: accepted for PEFT compatibility, unused.
+      modules_to_save: modules trained in full beside the adapters (PEFT's rule: a module whose path ends
+        with one of the names, e.g. ``["classifier"]``); they get no adapters.
+      task_type: ``"SEQ_CLS"`` adds ``"classifier"`` and ``"score"`` to ``modules_to_save``, as PEFT's
+        ``get_peft_model`` (``PeftModelForSequenceClassification``) does, so a CrossEncoder's head trains.
+        Other values: accepted, unused (as PEFT's ``inject_adapter_in_model``, which freezes the head).
+      inference_mode: accepted for PEFT compatibility, unused.
     """
 
     r: int = 8
@@ -62,6 +74,7 @@ class LoraConfig:
     init_lora_weights: bool = True
     task_type: str | None = None
     inference_mode: bool = False
+    modules_to_save: Sequence[str] | None = None
 
     def __post_init__(self):
         if not isinstance(self.r, int) or self.r < 1:
@@ -74,6 +87,20 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.bias={self.bias!r} is not supported; only 'none' (biases stay frozen)")
         if not isinstance(self.init_lora_weights, bool):
             raise ValueError(f"LoraConfig.init_lora_weights={self.init_lora_weights!r}: only True/False are supported")
+        if self.modules_to_save is not None:
+            names = self.modules_to_save
+            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"LoraConfig.modules_to_save must be a list of module names, e.g. ['classifier'], "
+                                 f"got {names!r}")
+            object.__setattr__(self, "modules_to_save", tuple(names))
+
+    @property
+    def saved_module_names(self) -> tuple[str, ...]:
+        """``modules_to_save``, plus the classification head's names for ``task_type="SEQ_CLS"`` (as PEFT)."""
+        names = tuple(self.modules_to_save or ())
+        if self.task_type == "SEQ_CLS":
+            names += tuple(n for n in SEQ_CLS_HEAD_NAMES if n not in names)
+        return names
 
     @property
     def scale(self) -> float:
@@ -94,9 +121,37 @@ def linear_paths(params: dict, prefix: tuple = ()) -> dict[str, tuple]:
     return out
 
 
-def select_targets(params: dict, target_modules, model_type: str | None) -> dict[str, tuple]:
-    """The Linear layers ``target_modules`` names (PEFT matching rules), or a clear error."""
-    linears = linear_paths(params)
+def module_paths(params: dict, prefix: tuple = ()) -> dict[str, tuple]:
+    """Every module (inner node) of a param tree: ``{"classifier": ("classifier",), ...}``."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            path = prefix + (k,)
+            out[".".join(str(p) for p in path)] = path
+            out.update(module_paths(v, path))
+    return out
+
+
+def select_saved(params: dict, config: LoraConfig) -> dict[str, tuple]:
+    """The modules ``config`` trains in full: PEFT's ``_set_trainable`` rule (the module's path ends with a
+    name), outermost matches only. An explicit ``modules_to_save`` name that matches nothing is an error; the
+    SEQ_CLS defaults may match nothing (a bi-encoder has no head)."""
+    modules = module_paths(params)
+    names = config.saved_module_names
+    matches = {n: p for n, p in modules.items() if any(n.endswith(t) for t in names)}
+    missing = [t for t in config.modules_to_save or () if not any(n.endswith(t) for n in matches)]
+    if missing:
+        raise ValueError(f"LoraConfig.modules_to_save={list(config.modules_to_save)!r}: {missing} match no module "
+                         f"of the input module; its top-level modules are {sorted(params)}")
+    outer = set(matches.values())
+    return {n: p for n, p in matches.items() if not any(p[:i] in outer for i in range(1, len(p)))}
+
+
+def select_targets(params: dict, target_modules, model_type: str | None, exclude=()) -> dict[str, tuple]:
+    """The Linear layers ``target_modules`` names (PEFT matching rules), or a clear error. Linears inside the
+    module paths ``exclude`` (the modules to save) are never targets, as in PEFT."""
+    exclude = tuple(exclude)
+    linears = {n: p for n, p in linear_paths(params).items() if not any(p[:len(e)] == e for e in exclude)}
     if target_modules is None:
         if model_type not in BY_MODEL_TYPE:
             raise ValueError(f"LoraConfig.target_modules is None and there is no default for "
@@ -142,11 +197,22 @@ def init_adapters(params: dict, targets: dict[str, tuple], config: LoraConfig, k
     return adapters
 
 
+def add_saved_copies(adapters: dict, params: dict, saved: dict[str, tuple]) -> dict:
+    """``adapters`` with ``{"modules_to_save": copy}`` at each saved module's path (copies: the trainable
+    copy and the frozen original must not share buffers, which a train step may donate)."""
+    for path in saved.values():
+        _set(adapters, path, {SAVED_KEY: jax.tree_util.tree_map(jnp.copy, _get(params, path))})
+    return adapters
+
+
 def apply_lora(params: dict, adapters: dict, scale: float) -> dict:
     """``params`` with ``kernel <- kernel + scale * lora_A @ lora_B`` wherever ``adapters`` has a pair.
 
-    Pure (returns a new tree; untouched subtrees are shared), so it runs under jit and grad.
+    A saved module's copy (``{"modules_to_save": ...}``) replaces the module's params. Pure (returns a new
+    tree; untouched subtrees are shared), so it runs under jit and grad.
     """
+    if SAVED_KEY in adapters:
+        return adapters[SAVED_KEY]
     if "lora_A" in adapters:
         w = params["kernel"]
         delta = jnp.matmul(adapters["lora_A"], adapters["lora_B"], precision=jax.lax.Precision.HIGHEST)
@@ -171,8 +237,8 @@ class LoraAdapterMixin:
 
     # -- attach / detach ----------------------------------------------------------------------
     def add_adapter(self, adapter_config: LoraConfig, adapter_name: str = "default", seed: int = 0) -> None:
-        """Attach fresh LoRA adapters; from now on only they (and the modules after the encoder,
-        e.g. Dense) are trained. ``seed`` draws ``A``."""
+        """Attach fresh LoRA adapters; from now on only they, the modules to save (a copy of each) and the
+        modules after the encoder (e.g. Dense) are trained. ``seed`` draws ``A``."""
         if not isinstance(adapter_config, LoraConfig):
             raise TypeError(f"add_adapter expects a stcore_jax LoraConfig, got {type(adapter_config).__name__} "
                             "(PEFT configs are not read; build stcore_jax.LoraConfig(r=..., lora_alpha=..., ...))")
@@ -182,15 +248,22 @@ class LoraAdapterMixin:
         module = self.input_module
         if not hasattr(module, "config") or not isinstance(getattr(module, "params", None), dict):
             raise ValueError(f"add_adapter: the input module {type(module).__name__} is not a Transformer encoder")
-        targets = select_targets(module.params, adapter_config.target_modules, module.config.model_type)
-        self.adapters = {"0": init_adapters(module.params, targets, adapter_config, jax.random.key(seed))}
+        saved = select_saved(module.params, adapter_config)
+        targets = select_targets(module.params, adapter_config.target_modules, module.config.model_type,
+                                 exclude=saved.values())
+        adapters = init_adapters(module.params, targets, adapter_config, jax.random.key(seed))
+        self.adapters = {"0": add_saved_copies(adapters, module.params, saved)}
+        if getattr(module, "peft_task_type", None) == "SEQ_CLS" and not saved:
+            logger.warning("add_adapter: the classification head stays frozen (as with PEFT's inject_adapter_in_model);"
+                           " pass LoraConfig(task_type='SEQ_CLS') or modules_to_save=['classifier'] to train it")
         self.lora_config = adapter_config
         self._adapter_name = adapter_name
         self._adapters_enabled = True
         self._invalidate()
         trainable, total = self.get_nb_trainable_parameters()
-        logger.info("LoRA adapter %r on %d Linear layers (r=%d): %d trainable parameters of %d (%.2f%%)",
-                    adapter_name, len(targets), adapter_config.r, trainable, total, 100.0 * trainable / max(total, 1))
+        logger.info("LoRA adapter %r on %d Linear layers (r=%d), modules to save %s: %d trainable parameters of %d "
+                    "(%.2f%%)", adapter_name, len(targets), adapter_config.r, sorted(saved), trainable, total,
+                    100.0 * trainable / max(total, 1))
 
     def active_adapters(self) -> list[str]:
         return [self._adapter_name] if self.adapters is not None and self._adapters_enabled else []
@@ -214,7 +287,8 @@ class LoraAdapterMixin:
         self._invalidate()
 
     def merge_and_unload(self):
-        """Fold the adapters into the encoder's weights and drop them (PEFT's ``merge_and_unload``)."""
+        """Fold the adapters into the encoder's weights, the trained copies of the modules to save in place
+        of the originals, and drop them (PEFT's ``merge_and_unload``)."""
         self._require_adapter("merge_and_unload")
         merged = self.adapted_module_params()
         for k, p in merged.items():

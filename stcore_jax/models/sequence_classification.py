@@ -9,6 +9,7 @@ bucketed inference) runs a CrossEncoder unchanged.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ class SequenceClassificationTransformer(Module):
     """
 
     st_type = "sentence_transformers.base.modules.transformer.Transformer"
+    peft_task_type = "SEQ_CLS"  # LoRA: LoraConfig(task_type="SEQ_CLS") trains the head (models/lora.py)
 
     def __init__(self, head: HeadModel, tokenizer, max_seq_length: int | None = None, source_path: str | None = None):
         self.head = head
@@ -108,6 +110,22 @@ class SequenceClassificationTransformer(Module):
         scores = self.head.apply(params, features["input_ids"], features["attention_mask"],
                                  features.get("token_type_ids"), dropout_key=dropout_key)
         return {**features, "scores": scores}
+
+    # -- training modes -----------------------------------------------------------------------
+    def with_compute_dtype(self, dtype) -> SequenceClassificationTransformer:
+        """A shallow copy whose encoder and head compute in ``dtype`` (e.g. ``jnp.bfloat16``); parameters,
+        tokenizer and the gradient-checkpointing setting are shared/kept, ``self`` is unchanged. As torch
+        autocast: matmuls in ``dtype`` on float32 master weights, softmax and the returned ``scores`` float32.
+        The trainer runs its step on such a copy for ``bf16=True``."""
+        if jnp.dtype(dtype) == jnp.dtype(self.config.dtype):
+            return self
+        out = copy.copy(self)
+        out.head = self.head.with_graph(dtype=dtype)
+        return out
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder layer's activations in the backward pass (``jax.checkpoint`` per layer)."""
+        self.head = self.head.with_graph(gradient_checkpointing=enabled)
 
     # -- save ---------------------------------------------------------------------------------
     def save(self, path, params=None) -> None:
