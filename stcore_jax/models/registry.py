@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from stcore_jax.models import bert, distilbert, electra, modernbert, mpnet, roberta
+from stcore_jax.models import bert, deberta_v2, distilbert, electra, modernbert, mpnet, roberta
 from stcore_jax.models.architecture import Architecture
 from stcore_jax.models.config import EncoderConfig
 
 ARCHITECTURES: tuple[Architecture, ...] = tuple(
-    m.ARCHITECTURE for m in (bert, roberta, mpnet, distilbert, modernbert, electra))
+    m.ARCHITECTURE for m in (bert, roberta, mpnet, distilbert, modernbert, electra, deberta_v2))
 BY_MODEL_TYPE: dict[str, Architecture] = {t: a for a in ARCHITECTURES for t in a.model_types}
 ENCODERS = {t: a.encoder for t, a in BY_MODEL_TYPE.items()}
 
