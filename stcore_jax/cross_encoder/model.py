@@ -27,6 +27,7 @@ import numpy as np
 from stcore_jax.base.load import load_st_config
 from stcore_jax.base.model import BaseModel
 from stcore_jax.cross_encoder import activation as act
+from stcore_jax.cross_encoder.model_card import CrossEncoderModelCardData, generate_model_card
 from stcore_jax.io.hub import resolve_model_path
 from stcore_jax.models.module import read_json, write_json
 from stcore_jax.models.sequence_classification import SequenceClassificationTransformer
@@ -127,6 +128,10 @@ class CrossEncoder(BaseModel):
             raise TypeError(f"CrossEncoder got unexpected keyword arguments {sorted(legacy)}")
         if keep_in_fp32_modules:
             raise NotImplementedError("keep_in_fp32_modules is not supported (parameters are float32 already)")
+        if model_card_data is not None and not isinstance(model_card_data, CrossEncoderModelCardData):
+            raise ValueError(f"model_card_data must be a stcore_jax.cross_encoder.CrossEncoderModelCardData, got "
+                             f"{type(model_card_data).__name__}; build it with CrossEncoderModelCardData(language=..., "
+                             f"license=..., model_id=...)")
         self.trust_remote_code = trust_remote_code
         config_kwargs = dict(renamed["config_kwargs"] or {})
         num_labels = num_labels if num_labels is not None else config_kwargs.pop("num_labels", None)
@@ -162,6 +167,8 @@ class CrossEncoder(BaseModel):
                             f"{type(self.input_module).__name__}")
         self.activation_fn = (act.resolve(renamed["activation_fn"], trust_remote_code)
                               if renamed["activation_fn"] is not None else self._saved_activation())
+        self.model_card_data = model_card_data or CrossEncoderModelCardData(local_files_only=local_files_only)
+        self.model_card_data.register_model(self)
 
     def _saved_activation(self):
         """The saved activation (6.x config, then v4-5.3 config.json key, then <= 3.x key), else the default."""
@@ -327,14 +334,17 @@ class CrossEncoder(BaseModel):
     save = save_pretrained
 
     def write_model_card(self, path: str, model_name: str | None = None) -> None:
-        """A minimal ``README.md`` (front matter and usage); the full CrossEncoder card comes with training."""
-        arch = self.config["architectures"][0]
-        text = ("---\nlibrary_name: sentence-transformers\npipeline_tag: text-ranking\ntags:\n- sentence-transformers"
-                "\n- cross-encoder\n- reranker\n---\n\n"
-                f"# {model_name or 'CrossEncoder'}\n\nA CrossEncoder ({arch}, {self.num_labels} label(s), activation "
-                f"{self.activation_fn!r}) exported by stcore_jax.\n\n```python\nfrom sentence_transformers import "
-                "CrossEncoder\n\nmodel = CrossEncoder(\"path/to/model\")\nscores = model.predict([(\"query\", "
-                "\"passage\")])\n```\n")
+        """``README.md``: sentence-transformers 6.2's CrossEncoder card from ``model_card_data`` (filled by the
+        trainer; cross_encoder/model_card.py). ``model_name`` that is not a local path becomes the card's
+        ``model_id`` when none is set, as the reference does."""
+        card = self.model_card_data
+        if model_name and not os.path.exists(model_name) and card is not None and not card.model_id:
+            card.model_id = model_name
+        try:
+            text = generate_model_card(self)
+        except Exception:  # noqa: BLE001 (as the reference: a card that fails to render must not fail the save)
+            logger.exception("Error while generating the model card; README.md is not written")
+            return
         with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
             f.write(text)
 

@@ -18,6 +18,7 @@ import numpy as np
 from stcore_jax.base.loss import InputKind
 from stcore_jax.cross_encoder import data
 from stcore_jax.cross_encoder.losses import BinaryCrossEntropyLoss, CrossEntropyLoss
+from stcore_jax.cross_encoder.model_card import CrossEncoderModelCardCallback
 from stcore_jax.cross_encoder.objective import compute_loss
 from stcore_jax.training.arguments import BatchSamplers
 from stcore_jax.training.task import Task
@@ -128,7 +129,8 @@ class CrossEncoderTask(Task):
         return {}
 
     def count_tokens(self, batch) -> int:
-        return int(batch["pairs"]["attention_mask"].sum())
+        """Tokens of the real pairs (padding pairs, e.g. a listwise row's missing documents, left out)."""
+        return int((batch["pairs"]["attention_mask"] * batch["doc_mask"][..., None]).sum())
 
     def batch_report(self, prepared, rows) -> dict:
         out = {"rows": [int(r) for r in rows],
@@ -155,3 +157,6 @@ class CrossEncoderTask(Task):
 
     def save(self, path, *, create_model_card=True):
         self.model.save_pretrained(path, create_model_card=create_model_card)
+
+    def callbacks(self, trainer) -> list:
+        return [CrossEncoderModelCardCallback(trainer)]  # fills model.model_card_data (datasets, losses, logs, ...)

