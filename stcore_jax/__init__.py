@@ -8,6 +8,7 @@ from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
 from stcore_jax.sentence_transformer.trainer import SentenceTransformerTrainer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
+from stcore_jax.sparse_encoder import SparseEncoder  # noqa: E402
 from stcore_jax.training import (  # noqa: E402
     BatchSamplers,
     MultiDatasetBatchSamplers,
@@ -30,6 +31,7 @@ __all__ = [
     "SentenceTransformerTrainer",
     "SentenceTransformerTrainingArguments",
     "SimilarityFunction",
+    "SparseEncoder",
     "StaticEmbedding",
     "Transformer",
 ]
