@@ -97,9 +97,36 @@ def sentences(data_dir, split: str, max_rows=None) -> list[str]:
 
 
 def finish(trainer, model, output_dir: str, metrics: dict | None = None) -> dict:
-    """Export the model and return what a smoke test checks: the final training loss and the export path."""
+    """Export the model and return what a smoke test checks: the final training loss, the export path, the
+    metrics and the trained model."""
     final = os.path.join(output_dir, "final")
     model.save_pretrained(final)
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     print(f"final training loss {losses[-1] if losses else float('nan'):.4f}; exported to {final}")
-    return {"loss": losses[-1] if losses else float("nan"), "export": final, "metrics": metrics or {}}
+    return {"loss": losses[-1] if losses else float("nan"), "export": final, "metrics": metrics or {}, "model": model}
+
+
+def qa_pairs(data_dir, split: str, min_score: float = 0.8, max_rows=None) -> Dataset:
+    """``query, answer``: the STS-B pairs scored >= ``min_score`` (0-1; 0.8 is 4 of 5), the CrossEncoder examples'
+    stand-in for a question-answer set such as sentence-transformers/gooaq. ``max_rows`` cuts the split first."""
+    ds = stsb(data_dir, split, max_rows)
+    keep = [i for i, s in enumerate(ds["score"]) if s >= min_score]
+    s1, s2 = ds["sentence1"], ds["sentence2"]
+    return Dataset.from_dict({"query": [s1[i] for i in keep], "answer": [s2[i] for i in keep]})
+
+
+def mined_reranking_samples(pairs: Dataset, embedding_model, corpus: list[str], num_documents: int,
+                            batch_size: int = 64) -> list[dict]:
+    """CrossEncoderRerankingEvaluator samples: each query's ``num_documents`` best documents by ``embedding_model``
+    (its positive among them where retrieved: ``include_positives=True``), as the sentence-transformers recipes
+    build them; the documents' order is the bi-encoder's ranking, which the ``base_*`` metrics score."""
+    from stcore_jax.util import mine_hard_negatives
+
+    hard = mine_hard_negatives(pairs, embedding_model, corpus=corpus, num_negatives=num_documents,
+                               batch_size=batch_size, include_positives=True, output_format="n-tuple", verbose=False)
+    if len(hard) == 0:
+        raise ValueError(f"no query has {num_documents} candidate documents in a corpus of {len(corpus)}; lower "
+                         f"--eval-documents or use more rows")
+    anchor, positive, *documents = hard.column_names
+    return [{"query": row[anchor], "positive": [row[positive]], "documents": [row[c] for c in documents]}
+            for row in hard]

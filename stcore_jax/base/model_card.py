@@ -252,7 +252,9 @@ def format_training_logs(logs: list[dict], best_step: int | None) -> dict:
     fixed = {"Epoch": 0, "Step": 1, "Training Loss": 2, "Validation Loss": 3}
 
     def order(k):
-        return fixed.get(k, 4 if k.endswith("loss") else keys.index(k) + 5)
+        if k in fixed:  # (a .get default would be evaluated, and raise, for every key)
+            return fixed[k]
+        return 4 if k.endswith("loss") else keys.index(k) + 5
 
     rows = [{k: f"**{format_log(row[k]) if k in row else '-'}**" if row["Step"] == best_step else row.get(k, "-")
              for k in sorted(keys, key=order)} for row in logs]

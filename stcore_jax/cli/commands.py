@@ -24,7 +24,6 @@ def _config_and_mesh(path, overrides):
 
 def train(args) -> int:
     from stcore_jax.config import build
-    from stcore_jax.sentence_transformer.trainer import SentenceTransformerTrainer
 
     cfg, mesh_shape = _config_and_mesh(args.config, args.overrides)  # every config error surfaces here
     if cfg.data.train is None:
@@ -33,14 +32,15 @@ def train(args) -> int:
         raise ConfigError("config key 'data.train' is required for train (a file, an STS-B directory, 'quickstart' "
                           "or a hub dataset id)")
     model = build.build_model(cfg)
+    trainer_class = build.trainer_class(cfg)  # SentenceTransformerTrainer or CrossEncoderTrainer (model.family)
     train_ds, eval_ds = build.build_datasets(cfg)
     evaluator = build.build_evaluator(cfg, eval_ds)
     targs = build.training_arguments(cfg, mesh_shape)
     export = targs.save_final_model
     targs.save_final_model = False  # exported below, after the final evaluation, so the card reports it
-    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=train_ds,
-                                         eval_dataset=eval_ds if targs.eval_strategy != "no" else None,
-                                         loss=build.build_loss(cfg, model), evaluator=evaluator)
+    trainer = trainer_class(model=model, args=targs, train_dataset=train_ds,
+                            eval_dataset=eval_ds if targs.eval_strategy != "no" else None,
+                            loss=build.build_loss(cfg, model), evaluator=evaluator)
     result = trainer.train()
     if evaluator is not None:
         metrics = evaluator(model)
@@ -112,11 +112,12 @@ def evaluate(args) -> int:
     import dataclasses
 
     from stcore_jax.config import ConfigError, build
+    from stcore_jax.config.catalogue import evaluator_columns
 
     cfg, _ = _config_and_mesh(args.config, args.overrides)
     if cfg.evaluator.name is None:
         raise ConfigError("config key 'evaluator.name' is required for evaluate; allowed values: "
-                          "EmbeddingSimilarityEvaluator, BinaryClassificationEvaluator, TripletEvaluator")
+                          f"{', '.join(evaluator_columns(cfg.model.family))}")
     if args.output:
         _check_output(args.output, ".json", "--output")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=args.model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 from stcore_jax.config import catalogue
@@ -30,14 +31,20 @@ def resolve_model_name(name: str) -> str:
 
 
 def build_model(cfg: RunConfig):
+    """The configured model: a SentenceTransformer, or a CrossEncoder (``model.family: cross_encoder``)."""
     import jax.numpy as jnp
-
-    from stcore_jax.sentence_transformer import SentenceTransformer
-    from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
 
     m = cfg.model
     path = resolve_model_name(m.name_or_path)
-    model = SentenceTransformer(path, compute_dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+    dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+    if m.family == "cross_encoder":
+        from stcore_jax.cross_encoder import CrossEncoder
+
+        model = CrossEncoder(path, num_labels=m.num_labels, activation_fn=m.activation_fn, compute_dtype=dtype)
+    else:
+        from stcore_jax.sentence_transformer import SentenceTransformer
+
+        model = SentenceTransformer(path, compute_dtype=dtype)
     # Both are checked against the model (positive, within its position table).
     try:
         if m.max_seq_length is not None:
@@ -49,9 +56,46 @@ def build_model(cfg: RunConfig):
             model.length_buckets = model.check_padding_lengths(m.length_buckets)
     except ValueError as e:
         raise ConfigError(f"config key 'model.length_buckets': {e}") from None
-    base = guess_base_model(path) or (m.name_or_path if not os.path.exists(m.name_or_path) else None)
-    model.model_card_data = SentenceTransformerModelCardData(base_model=base)
+    if m.family == "sentence_transformer":
+        from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
+
+        base = guess_base_model(path) or (m.name_or_path if not os.path.exists(m.name_or_path) else None)
+        model.model_card_data = SentenceTransformerModelCardData(base_model=base)
     return model
+
+
+def trainer_class(cfg: RunConfig):
+    """SentenceTransformerTrainer or CrossEncoderTrainer, by ``model.family``."""
+    return catalogue.family_class(catalogue.TRAINERS, cfg.model.family)
+
+
+@functools.lru_cache(maxsize=1)
+def _bi_encoder(name: str):
+    from stcore_jax.sentence_transformer import SentenceTransformer
+
+    return SentenceTransformer(resolve_model_name(name))
+
+
+def mine(ds, hn, key: str, **defaults):
+    """``ds`` with hard negatives mined as ``hn`` (a HardNegativesConfig) says; unchanged when ``hn.model`` is None.
+
+    ``defaults``: mine_hard_negatives arguments the caller needs unless the config sets them.
+    """
+    if hn.model is None:
+        return ds
+    if hn.min_label is not None:
+        label = ds.column_names[-1]
+        try:
+            keep = [i for i, v in enumerate(ds[label]) if float(v) >= hn.min_label]
+        except (TypeError, ValueError):
+            raise ValueError(f"config key '{key}.min_label': the last column {label!r} must hold numbers (the label "
+                             f"the rows are kept by)") from None
+        if not keep:
+            raise ValueError(f"config key '{key}.min_label': no row has {label} >= {hn.min_label}")
+        ds = ds.select(keep).remove_columns(label)
+    from stcore_jax.util import mine_hard_negatives
+
+    return mine_hard_negatives(ds, _bi_encoder(hn.model), **{**defaults, **hn.kwargs})
 
 
 def _rows(cfg: RunConfig, src, split, max_rows, key, subset=None):
@@ -66,6 +110,8 @@ def build_datasets(cfg: RunConfig):
     d = cfg.data
     train = _rows(cfg, d.train, d.train_split, d.max_train_rows, "data.train", d.subset) if d.train else None
     ev = _rows(cfg, d.eval, d.eval_split, d.max_eval_rows, "data.eval", d.subset) if d.eval else None
+    if train is not None:
+        train = mine(train, d.hard_negatives, "data.hard_negatives")
     return train, ev
 
 
@@ -75,22 +121,49 @@ def build_loss(cfg: RunConfig, model):
 
 def build_evaluator(cfg: RunConfig, eval_dataset=None):
     """The configured evaluator over its rows (``evaluator.data`` or the eval dataset), or None."""
-    e = cfg.evaluator
+    e, family = cfg.evaluator, cfg.model.family
     if e.name is None:
         return None
+    need = catalogue.evaluator_columns(family)[e.name]
+    kwargs = dict(e.kwargs)
+    if not need:  # reads no rows (CrossEncoderNanoBEIREvaluator: its datasets are in kwargs)
+        return catalogue.build_evaluator(e.name, [], kwargs, family)
     if e.data is not None:
         ds = _rows(cfg, e.data, cfg.data.eval_split, e.max_rows, "evaluator.data")
     else:
         ds = eval_dataset if eval_dataset is not None else build_datasets(cfg)[1]
         if e.max_rows is not None:
             ds = ds.select(range(min(e.max_rows, len(ds))))
-    need = catalogue.evaluator_columns(cfg.model.family)[e.name]
+    mined = e.hard_negatives.model is not None
+    ds = mine(ds, e.hard_negatives, "evaluator.hard_negatives", include_positives=True, output_format="n-tuple")
     if len(ds.column_names) < len(need):
         raise ValueError(f"config key 'evaluator.name': {e.name} needs {len(need)} columns ({', '.join(need)}), "
                          f"the data has {ds.column_names}; set data.columns")
-    kwargs = dict(e.kwargs)
     kwargs.setdefault("name", "eval")
-    return catalogue.build_evaluator(e.name, [ds[c] for c in ds.column_names[: len(need)]], kwargs, cfg.model.family)
+    if family == "sentence_transformer":
+        args = [ds[c] for c in ds.column_names[: len(need)]]
+    elif e.name == "CrossEncoderRerankingEvaluator":
+        args = [reranking_samples(ds, documents=mined and e.hard_negatives.kwargs.get("include_positives", True))]
+    else:  # (sentences1, sentences2, label) -> (pairs, labels)
+        first, second, label = (ds[c] for c in ds.column_names[:3])
+        args = [[list(p) for p in zip(first, second)], list(label)]
+    return catalogue.build_evaluator(e.name, args, kwargs, family)
+
+
+def reranking_samples(ds, documents: bool) -> list[dict]:
+    """CrossEncoderRerankingEvaluator samples from rows ``(query, positive, ...)``: the rest of the row is the
+    query's ``documents`` (ranked, positives possibly among them: mined with include_positives, or one list-valued
+    column) or its ``negative``s (text columns, e.g. an n-tuple). ``positive``: one text or a list."""
+    query, positive, *rest = ds.column_names
+    rest_is_list = len(rest) == 1 and len(ds) > 0 and isinstance(ds[0][rest[0]], list)
+    documents = documents or rest_is_list
+    samples = []
+    for row in ds:
+        docs = row[rest[0]] if rest_is_list else [row[c] for c in rest]
+        pos = row[positive]
+        samples.append({"query": row[query], "positive": [pos] if isinstance(pos, str) else list(pos),
+                        "documents" if documents else "negative": list(docs)})
+    return samples
 
 
 def training_arguments(cfg: RunConfig, mesh_shape: dict):

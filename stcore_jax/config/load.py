@@ -1,8 +1,9 @@
 """YAML (plus ``--set key=value`` overrides) -> :class:`RunConfig`, with errors that name the key.
 
 Checks, in order, before anything is loaded or compiled: unknown keys, value types, the
-training arguments' own validation, loss / evaluator names and keyword arguments, data sources
-(local paths must exist) and the mesh against its topology.
+training arguments' own validation (the model family's class), the model section, data sources
+(local paths must exist), loss / evaluator names and keyword arguments (of the model family),
+hard-negative mining arguments and the mesh against its topology.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from stcore_jax.config import catalogue
 from stcore_jax.config.errors import ConfigError
 from stcore_jax.config.schema import RunConfig
 from stcore_jax.config.topology import TOPOLOGIES, get_topology, mesh_shape
-from stcore_jax.training.arguments import SentenceTransformerTrainingArguments
 
 DATA_FORMATS = ("auto", "stsb", "csv", "tsv", "json", "parquet", "hub", "quickstart")
 DTYPES = ("float32", "bfloat16")
@@ -136,18 +136,24 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
     raw = dict(raw)
     args = raw.pop("arguments", None) or {}
     if not isinstance(args, dict):
-        raise ConfigError("config key 'arguments' must be a mapping of SentenceTransformerTrainingArguments fields")
+        raise ConfigError("config key 'arguments' must be a mapping of training arguments (the fields of "
+                          "SentenceTransformerTrainingArguments or CrossEncoderTrainingArguments)")
     args.setdefault("output_dir", "output")
     cfg = from_dict(RunConfig, raw, "")
-    cfg = dataclasses.replace(cfg, arguments=from_dict(SentenceTransformerTrainingArguments, args, "arguments"))
+    family = cfg.model.family
+    arguments_class = catalogue.family_class(catalogue.ARGUMENTS, family)  # checks the family first
+    cfg = dataclasses.replace(cfg, arguments=from_dict(arguments_class, args, "arguments"))
     if "mesh_shape" in args:
         raise ConfigError("config key 'arguments.mesh_shape': "
                           "set the layout in the 'mesh' section (data, fsdp, topology)")
-    _check_model(cfg.model)
+    cfg = dataclasses.replace(cfg, model=_check_model(cfg.model))
     cfg = dataclasses.replace(cfg, data=_check_data(cfg.data, base_dir))
-    catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs, family=cfg.model.family)
-    catalogue.check_evaluator(cfg.evaluator.name, cfg.evaluator.kwargs, family=cfg.model.family)
-    if cfg.evaluator.name is not None and cfg.evaluator.data is None and cfg.data.eval is None:
+    catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs, family=family, num_labels=cfg.model.num_labels)
+    catalogue.check_evaluator(cfg.evaluator.name, cfg.evaluator.kwargs, family=family)
+    _check_hard_negatives(cfg.data.hard_negatives, "data.hard_negatives")
+    _check_evaluator_mining(cfg.evaluator)
+    reads_rows = cfg.evaluator.name is not None and catalogue.evaluator_columns(family)[cfg.evaluator.name]
+    if reads_rows and cfg.evaluator.data is None and cfg.data.eval is None:
         raise ConfigError("config key 'evaluator.data': the evaluator needs rows; set evaluator.data or data.eval")
     if cfg.evaluator.data is not None:
         cfg = dataclasses.replace(cfg, evaluator=dataclasses.replace(
@@ -158,11 +164,46 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
     return cfg
 
 
-def _check_model(m) -> None:
+def _check_model(m):
+    """The checked model section; a CrossEncoder's ``activation_fn`` name becomes its torch dotted path."""
     if m.dtype not in DTYPES:
         raise ConfigError(f"config key 'model.dtype': {m.dtype!r} is not supported; allowed values: {list(DTYPES)}")
     if m.max_seq_length is not None and m.max_seq_length < 1:
         raise ConfigError(f"config key 'model.max_seq_length' must be >= 1, got {m.max_seq_length}")
+    if m.family != "cross_encoder":
+        for k in ("num_labels", "activation_fn"):
+            if getattr(m, k) is not None:
+                raise ConfigError(f"config key 'model.{k}' applies to CrossEncoders only; set model.family: "
+                                  f"cross_encoder, or remove model.{k}")
+        return m
+    if m.num_labels is not None and m.num_labels < 1:
+        raise ConfigError(f"config key 'model.num_labels' must be >= 1, got {m.num_labels}")
+    if m.activation_fn is not None:
+        m = dataclasses.replace(m, activation_fn=catalogue.activation_path(m.activation_fn, "model.activation_fn"))
+    return m
+
+
+def _check_hard_negatives(hn, key: str) -> None:
+    if hn.model is None:
+        if hn.min_label is not None or hn.kwargs:
+            raise ConfigError(f"config key '{key}.model': set the bi-encoder that mines the negatives (e.g. "
+                              f"all-MiniLM-L6-v2), or remove {key}")
+        return
+    catalogue.check_mining(hn.kwargs, f"{key}.kwargs")
+
+
+def _check_evaluator_mining(e, key: str = "evaluator.hard_negatives") -> None:
+    """Mined evaluator rows become CrossEncoderRerankingEvaluator samples (n-tuples: query, positive, documents)."""
+    _check_hard_negatives(e.hard_negatives, key)
+    if e.hard_negatives.model is None:
+        return
+    if e.name != "CrossEncoderRerankingEvaluator":
+        raise ConfigError(f"config key {key!r}: mined documents feed CrossEncoderRerankingEvaluator only, "
+                          f"the evaluator is {e.name!r}; remove {key}")
+    fmt = e.hard_negatives.kwargs.get("output_format", "n-tuple")
+    if fmt != "n-tuple":
+        raise ConfigError(f"config key '{key}.kwargs.output_format': the reranking samples are built from "
+                          f"'n-tuple' rows, got {fmt!r}; remove it")
 
 
 def _check_data(d, base_dir):

@@ -1,8 +1,9 @@
 """The run configuration: frozen dataclasses, one per concern. YAML only fills them (see ``load.py``).
 
-A run is ``model`` (what to load) + ``data`` (where the rows come from) + ``loss`` + ``arguments``
-(:class:`~stcore_jax.SentenceTransformerTrainingArguments`, same names as sentence-transformers) +
-``evaluator`` + ``mesh`` (device layout, checked against the topology before anything loads).
+A run is ``model`` (what to load; ``family`` picks SentenceTransformer or CrossEncoder) + ``data`` (where the
+rows come from) + ``loss`` + ``arguments`` (:class:`~stcore_jax.SentenceTransformerTrainingArguments` or
+:class:`~stcore_jax.CrossEncoderTrainingArguments`, same names as sentence-transformers) + ``evaluator`` +
+``mesh`` (device layout, checked against the topology before anything loads).
 """
 
 from __future__ import annotations
@@ -22,7 +23,24 @@ class ModelConfig:
     # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
     dtype: str = "float32"
     length_buckets: list | None = None  # padding lengths for encode
-    family: str = "sentence_transformer"  # the model family: which losses and evaluators the config may name
+    family: str = "sentence_transformer"  # sentence_transformer | cross_encoder: the model class, trainer, losses
+    # CrossEncoder only (family: cross_encoder):
+    num_labels: int | None = None  # head outputs; None: the checkpoint's (1 for a plain encoder, which gets a new head)
+    activation_fn: str | None = None  # predict/rank's and the export's: sigmoid, identity, ... or a torch dotted path
+
+
+@dataclasses.dataclass(frozen=True)
+class HardNegativesConfig:
+    """Hard negatives mined by a bi-encoder (``stcore_jax.util.mine_hard_negatives``) from (anchor, positive) rows.
+
+    ``model`` None: no mining. ``min_label``: keep only rows whose label (the last column) is >= this, then drop
+    the label (e.g. STS-B pairs scored >= 0.8 as (query, answer)). ``kwargs``: mine_hard_negatives arguments
+    (num_negatives, range_min, range_max, sampling_strategy, output_format, ...).
+    """
+
+    model: str | None = None
+    min_label: float | None = None
+    kwargs: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,7 @@ class DataConfig:
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
     score_scale: float | None = None  # divide the label by this (e.g. 5.0 for raw STS-B scores)
+    hard_negatives: HardNegativesConfig = dataclasses.field(default_factory=HardNegativesConfig)  # train rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +79,17 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluatorConfig:
-    """An evaluator by class name, fed from ``data`` (default: the ``data.eval`` rows)."""
+    """An evaluator by class name, fed from ``data`` (default: the ``data.eval`` rows).
+
+    ``hard_negatives`` (CrossEncoderRerankingEvaluator): each (query, positive) row's documents are mined from the
+    rows' positives, the positive kept among them where retrieved (``include_positives``, n-tuple output).
+    """
 
     name: str | None = None  # None: no evaluator
     data: str | None = None
     max_rows: int | None = None
     kwargs: dict = dataclasses.field(default_factory=dict)
+    hard_negatives: HardNegativesConfig = dataclasses.field(default_factory=HardNegativesConfig)
 
 
 @dataclasses.dataclass(frozen=True)
