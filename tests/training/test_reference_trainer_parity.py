@@ -212,7 +212,7 @@ def _differences(ours: Run, ref: Run) -> dict:
 
 
 # Measured (CPU, float32, "highest" matmul precision), max over the six cases: parameters 3.7e-7 (1.8e-6 with
-# CoSENT alone: its scale of 20 amplifies float32 noise), losses 8.9e-7, gradient norms 1.4e-6, learning rates
+# CoSENT, alone or inside Matryoshka2dLoss: its scale of 20 amplifies float32 noise), losses 8.9e-7, gradient norms 1.4e-6, learning rates
 # 5.1e-8 (our schedule is float32). The controls land far outside: weight decay off, parameters 1.9e-4 (38x the
 # CoSENT tolerance); loss halved, losses and gradient norms 0.5 (1e5x).
 TOL = {"params": 1e-6, "losses": 3e-6, "grad_norms": 5e-6, "learning_rates": 5e-7}
@@ -257,7 +257,9 @@ def test_matches_reference_trainer(model_dirs, stsb_train, reference, tmp_path, 
     print(f"{name}: {diff}; reference grad norms {ref.grad_norms.min():.3f} to {ref.grad_norms.max():.3f}")
     # Adam turns tiny gradient differences (float32 summation order) into small steps on near-zero
     # gradient entries (adam_epsilon 1e-6 bounds them); a recipe difference moves parameters by much more.
-    tol = {**TOL, "params": COSENT_PARAMS_TOL} if name == "cosent" else TOL
+    # CoSENT's scale of 20 amplifies float32 noise in every case that trains with it (matryoshka_2d wraps it: its
+    # parameters reached 1.2e-6 on the 2-core CI machine, 10 float32 ulps of a LayerNorm weight near 1).
+    tol = {**TOL, "params": COSENT_PARAMS_TOL} if case.loss == "cosent" else TOL
     assert all(diff[k] < tol[k] for k in tol), f"max |ours - sentence-transformers|: {diff} (tolerances {tol})"
 
 
