@@ -15,13 +15,18 @@ default) or the reference's coalesced torch sparse COO tensor (``sparse_format="
 batch so a corpus is never held dense. The helpers (``similarity``, ``sparsity``, ``decode``,
 ``intersection``) take any of these formats.
 
-Layouts read: a Hugging Face ``*ForMaskedLM`` checkpoint (-> MLMTransformer + SpladePooling("max")), the v5
-and the 6.x sentence-transformers SparseEncoder directories (``sparse_encoder/load.py``). ``save_pretrained``
-writes the v5 layout, which releases 5.0-6.2 read.
+Pipelines: SPLADE (MLMTransformer + SpladePooling), inference-free SPLADE (a Router: SparseStaticEmbedding on
+the query route, MLMTransformer + SpladePooling on the document route; ``encode_query``/``encode_document`` pick
+the route) and CSR (Transformer + Pooling + SparseAutoEncoder; ``max_active_dims``, default the autoencoder's
+``k``, is the number of latents it keeps). Layouts read: a Hugging Face checkpoint (``*ForMaskedLM`` -> SPLADE,
+else the reference's default CSR build), a SentenceTransformer directory (+ a SparseAutoEncoder), the v5 and the
+6.x sentence-transformers SparseEncoder directories (``sparse_encoder/load.py``). ``save_pretrained`` writes the
+v5 layout, which releases 5.0-6.2 read.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -36,7 +41,9 @@ from stcore_jax.base.save import write_atomically
 from stcore_jax.io.hub import resolve_model_path
 from stcore_jax.models.mlm_transformer import MLMTransformer
 from stcore_jax.models.module import write_json
+from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.router import Router
+from stcore_jax.models.sparse_autoencoder import SparseAutoEncoder
 from stcore_jax.models.splade_pooling import SpladePooling, check_config
 from stcore_jax.similarity import SimilarityFunction
 from stcore_jax.sparse_encoder import embeddings as sp
@@ -78,9 +85,9 @@ class SparseEncoder(BaseModel):
 
     Mirrors ``sentence_transformers.SparseEncoder`` (see the module docstring for layouts and output formats).
     ``similarity_fn_name`` defaults lazily to ``"dot"``; ``max_active_dims`` (top-k by ``|value|`` per row in
-    ``encode``) defaults to the saved one. JAX additions: ``compute_dtype`` (parameters stay float32),
-    ``length_buckets`` (padding lengths), ``seed`` (a fresh MLM head's initialisation, for an encoder-only
-    checkpoint of a masked-LM architecture).
+    ``encode``; a CSR model's autoencoder keeps that many latents) defaults to the saved one, else a
+    SparseAutoEncoder's ``k``. JAX additions: ``compute_dtype`` (parameters stay float32), ``length_buckets``
+    (padding lengths), ``seed`` (a fresh MLM head's or SparseAutoEncoder's initialisation).
     """
 
     model_type = "SparseEncoder"
@@ -109,17 +116,21 @@ class SparseEncoder(BaseModel):
             model_card_data=model_card_data, length_buckets=length_buckets)
         self.model_path, self._saved_config = path, saved
         self.trust_remote_code = trust_remote_code
-        if not isinstance(self.input_module, MLMTransformer):
-            raise TypeError(f"a SparseEncoder's first module must be an MLMTransformer, got "
-                            f"{type(self.input_module).__name__}")
-        for m in self.modules:  # the reference learns it at the first forward; the vocabulary says it now
-            if isinstance(m, SpladePooling) and m.embedding_dimension is None:
-                m.embedding_dimension = self.input_module.vocab_size
+        if not hasattr(self.input_module, "tokenize_ids"):
+            raise TypeError(f"a SparseEncoder's first module must be an input module (MLMTransformer, Transformer, "
+                            f"Router, SparseStaticEmbedding), got {type(self.input_module).__name__}")
+        for pipeline in _pipelines(self.modules):  # the reference learns it at the first forward; the vocabulary
+            mlm = next((m for m in pipeline if isinstance(m, MLMTransformer)), None)  # says it now
+            for m in pipeline:
+                if isinstance(m, SpladePooling) and m.embedding_dimension is None and mlm is not None:
+                    m.embedding_dimension = mlm.vocab_size
         if self._similarity_fn_name is None and saved.get("similarity_fn_name") in SUPPORTED_SIMILARITY_FN_NAMES:
             self._similarity_fn_name = saved["similarity_fn_name"]
-        self.max_active_dims = (max_active_dims if max_active_dims is not None else
-                                sp.check_max_active_dims(saved.get("max_active_dims"),
-                                                         "config_sentence_transformers.json max_active_dims"))
+        if max_active_dims is None:
+            max_active_dims = sp.check_max_active_dims(saved.get("max_active_dims"),
+                                                       "config_sentence_transformers.json max_active_dims")
+        sae = self.sparse_autoencoder
+        self.max_active_dims = max_active_dims if max_active_dims is not None or sae is None else sae.k
 
     # -- similarity ----------------------------------------------------------------------------
     @property
@@ -173,6 +184,23 @@ class SparseEncoder(BaseModel):
     get_sentence_embedding_dimension = get_embedding_dimension
 
     @property
+    def sparse_autoencoder(self) -> SparseAutoEncoder | None:
+        """The (top-level) SparseAutoEncoder of a CSR model, else None."""
+        return next((m for m in self.modules if isinstance(m, SparseAutoEncoder)), None)
+
+    def frozen_param_paths(self) -> list[tuple[str, ...]]:
+        """Paths into ``params`` of modules built with ``frozen=True`` (SparseStaticEmbedding), e.g.
+        ``[("0", "query_0_SparseStaticEmbedding")]``: their gradient is zero already (``stop_gradient``); an
+        optimizer should also give them no update (AdamW's weight decay would still shrink them)."""
+        out = []
+        for i, m in enumerate(self.modules):
+            subs = m.modules.items() if isinstance(m, Router) else [(None, m)]
+            for mid, sub in subs:
+                if getattr(sub, "frozen", False) and sub.params is not None:
+                    out.append((str(i),) if mid is None else (str(i), mid))
+        return out
+
+    @property
     def splade_pooling(self) -> SpladePooling | None:
         return next((m for m in self.modules if isinstance(m, SpladePooling)), None)
 
@@ -199,16 +227,35 @@ class SparseEncoder(BaseModel):
     def _encode_fn(self, mesh, task, max_active_dims):
         """``(params, features) -> [B, V]`` float32 on device: the jitted forward (one per device set, and per task
         for a Router; the task changes nothing otherwise) and, for ``max_active_dims``, a small jitted top-k
-        after it, so that a new k compiles only the top-k."""
+        after it, so that a new k compiles only the top-k.
+
+        A CSR model's final SparseAutoEncoder keeps ``max_active_dims`` latents itself (the reference passes it as
+        the autoencoder's k): it runs as its own small jitted function after the forward of the modules before
+        it, so that, again, a new k compiles only the autoencoder."""
         task = task if isinstance(self.input_module, Router) else None
-        key = ("sparse", tuple(d.id for d in mesh.devices.flat), task)
+        last = len(self.modules) - 1
+        sae = self.modules[last] if last > 0 and isinstance(self.modules[last], SparseAutoEncoder) else None
+        body = self
+        if sae is not None:  # the pipeline without its autoencoder; parameters are looked up by index, unchanged
+            body = copy.copy(self)
+            body.modules = self.modules[:last]
+        key = ("sparse", tuple(d.id for d in mesh.devices.flat), task, sae is not None)
         if key not in self._jit_cache:
             def run(params, features):
                 self.trace_count += 1  # Python side effect: runs only while tracing
-                return self.forward(params, features, task=task)["sentence_embedding"].astype(jnp.float32)
+                return body.forward(params, features, task=task)["sentence_embedding"].astype(jnp.float32)
 
             self._jit_cache[key] = jax.jit(run)
         forward = self._jit_cache[key]
+        if sae is not None:
+            k = max_active_dims if max_active_dims is not None else sae.k
+            sae_key = ("sparse_autoencoder", id(sae), k)
+            if sae_key not in self._jit_cache:
+                sae_k = sae.with_k(k)
+                self._jit_cache[sae_key] = jax.jit(
+                    lambda p, x: sae_k.apply(p, {"sentence_embedding": x})["sentence_embedding"])
+            encode_dense, autoencode = forward, self._jit_cache[sae_key]
+            forward = lambda params, features: autoencode(params[str(last)], encode_dense(params, features))  # noqa: E731
         if max_active_dims is None:
             return forward
         top_key = ("max_active_dims", max_active_dims)
@@ -298,27 +345,26 @@ class SparseEncoder(BaseModel):
 
     def save_pretrained(self, path, model_name=None, create_model_card=True, train_datasets=None,
                         safe_serialization=True):
-        """Write the v5 SparseEncoder layout, which sentence-transformers 5.0-6.2 read: the MLMTransformer in the
-        root (``config.json`` with ``*ForMaskedLM``, ``model.safetensors`` without the tied decoder, tokenizer,
-        ``sentence_bert_config.json``), ``1_SpladePooling/config.json``, ``modules.json`` with the
-        ``sentence_transformers.sparse_encoder.models.*`` types and ``config_sentence_transformers.json``
-        (``model_type`` "SparseEncoder", prompts, ``similarity_fn_name``). Atomic (staging directory + rename)."""
+        """Write the v5 SparseEncoder layout, which sentence-transformers 5.0-6.2 read: the input module in the root
+        (an MLMTransformer: ``config.json`` with ``*ForMaskedLM``, ``model.safetensors`` without the tied decoder,
+        tokenizer, ``sentence_bert_config.json``; a CSR model's Transformer; an inference-free Router's
+        ``router_config.json`` and one folder per sub-module), then ``{i}_{ClassName}/`` per module,
+        ``modules.json`` with the v5 types (``sentence_transformers.sparse_encoder.models.*``,
+        ``sentence_transformers.models.*``) and ``config_sentence_transformers.json`` (``model_type``
+        "SparseEncoder", prompts, ``similarity_fn_name``, ``max_active_dims``). Atomic (staging directory + rename)."""
         if self.frozen_param_keys():
             raise NotImplementedError("save_pretrained with LoRA adapters is not supported for SparseEncoders yet")
-        for i, m in enumerate(self.modules):
-            if not isinstance(m, (MLMTransformer, SpladePooling)) or isinstance(m, MLMTransformer) != (i == 0):
-                raise ValueError(f"save_pretrained: module {i} ({type(m).__name__}) cannot be written in the v5 "
-                                 f"SparseEncoder layout (MLMTransformer first, then SpladePooling)")
+        check_v5_export(self.modules)
 
         def write(staging):
             entries = []
             for i, m in enumerate(self.modules):
-                sub = "" if i == 0 else f"{i}_{type(m).__name__}"
-                if i == 0:
-                    m.save(staging, self.params["0"])
-                else:
-                    m.save(os.path.join(staging, sub))
-                entries.append({"idx": i, "name": str(i), "path": sub, "type": m.st_type})
+                sub = "" if i == 0 else f"{i}_{type(m).__name__}"  # the input module in the root, as the reference
+                m.save(os.path.join(staging, sub) if sub else staging)
+                entry = {"idx": i, "name": str(i), "path": sub, "type": m.st_type}
+                if isinstance(m, Router):
+                    entry["kwargs"] = ["task"]  # releases 5.x pass encode's task only to modules that list it
+                entries.append(entry)
             write_json(os.path.join(staging, "modules.json"), entries)
             write_json(os.path.join(staging, "config_sentence_transformers.json"),
                        {"__version__": _versions(), **self.saved_config()})
@@ -331,15 +377,42 @@ class SparseEncoder(BaseModel):
 
     def write_model_card(self, path: str, model_name: str | None = None) -> None:
         """A minimal ``README.md`` (front matter and usage); the full SparseEncoder card comes with training."""
-        arch = self.input_module.config.hf["architectures"][0]
+        kind = ("inference-free SPLADE" if isinstance(self.input_module, Router) else
+                "CSR" if self.sparse_autoencoder is not None else "SPLADE")
+        encoder = next((m for p in _pipelines(self.modules) for m in p if hasattr(m, "config")), None)
+        arch = encoder.config.hf["architectures"][0] if encoder is not None else type(self.input_module).__name__
         text = ("---\nlibrary_name: sentence-transformers\npipeline_tag: feature-extraction\ntags:\n"
-                "- sentence-transformers\n- sparse-encoder\n- sparse\n- splade\n---\n\n"
-                f"# {model_name or 'SparseEncoder'}\n\nA SPLADE SparseEncoder ({arch}, {self.get_embedding_dimension()}"
+                f"- sentence-transformers\n- sparse-encoder\n- sparse\n- {kind.split()[-1].lower()}\n---\n\n"
+                f"# {model_name or 'SparseEncoder'}\n\nA {kind} SparseEncoder ({arch}, {self.get_embedding_dimension()}"
                 f" dimensions, {self.similarity_fn_name} similarity) exported by stcore_jax.\n\n```python\n"
                 "from sentence_transformers import SparseEncoder\n\nmodel = SparseEncoder(\"path/to/model\")\n"
                 "embeddings = model.encode([\"The weather is lovely today.\"])\n```\n")
         with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
             f.write(text)
+
+
+def _pipelines(modules) -> list[list]:
+    """The module sequences a forward can run: the pipeline itself, or each route of a Router input module."""
+    first = modules[0] if modules else None
+    if isinstance(first, Router):
+        return [routed + list(modules[1:]) for routed in first.sub_modules.values()]
+    return [list(modules)]
+
+
+def check_v5_export(modules) -> None:
+    """Raise before anything is written if ``modules`` cannot be saved in the v5 layout: every module needs a
+    sentence-transformers type, only the first may be an input module, Pooling needs its legacy config and a
+    Router a saveable structure."""
+    for i, m in enumerate(modules):
+        if not m.st_type:
+            raise ValueError(f"save_pretrained: module {i} ({type(m).__name__}) has no sentence-transformers type")
+        if i > 0 and hasattr(m, "tokenize_ids"):
+            raise ValueError(f"save_pretrained: module {i} ({type(m).__name__}) is an input module; only the first "
+                             "module may be one")
+        if isinstance(m, Pooling):
+            m.legacy_config()
+        if isinstance(m, Router):
+            m.check_export()
 
 
 def _versions() -> dict:

@@ -410,10 +410,15 @@ def test_model_gradients_chunked_equal_unchunked(tiny):
 
     out, (f32, bf16) = run(model.params)
     want, want_g = out.pop("one chunk")
+    # Per leaf, relative to the leaf's largest entry, floored at 1e-4 of the whole gradient's largest (58): a leaf
+    # the loss does not depend on (the attention key bias: softmax is invariant to it) has a gradient of float32
+    # noise (~1e-8), which a relative bound on itself would compare noise with noise.
+    scale = max(float(np.abs(b).max()) for b in jax.tree_util.tree_leaves(want_g))
     for name, (value, g) in out.items():
         np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=name)
         for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(want_g)):
-            assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (name, np.abs(a - b).max(), np.abs(b).max())
+            bound = 1e-5 * max(float(np.abs(b).max()), 1e-4 * scale)
+            assert np.abs(a - b).max() <= bound, (name, np.abs(a - b).max(), np.abs(b).max(), scale)
     word = want_g["0"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
     assert np.abs(word).max() > 0  # the tied decoder's gradient reaches the word embeddings
 
@@ -470,5 +475,5 @@ def test_bad_input(ours, tiny, tmp_path):
     shutil.copytree(tiny["bert"], plain)
     cfg = json.load(open(plain / "config.json"))
     json.dump({**cfg, "architectures": ["BertModel"]}, open(plain / "config.json", "w"))
-    with pytest.raises(NotImplementedError, match="CSR"):
-        SparseEncoder(str(plain))
+    csr = SparseEncoder(str(plain))  # built as the reference builds it (tested in test_sparse_modules.py)
+    assert [type(m).__name__ for m in csr.modules] == ["Transformer", "Pooling", "SparseAutoEncoder"]
