@@ -8,7 +8,7 @@ from stcore_jax.models.lora import LoraConfig  # noqa: E402
 from stcore_jax.sentence_transformer import SentenceTransformer  # noqa: E402
 from stcore_jax.sentence_transformer.trainer import SentenceTransformerTrainer  # noqa: E402
 from stcore_jax.similarity import SimilarityFunction  # noqa: E402
-from stcore_jax.sparse_encoder import SparseEncoder  # noqa: E402
+from stcore_jax.sparse_encoder import SparseEncoder, SparseEncoderTrainer, SparseEncoderTrainingArguments  # noqa: E402
 from stcore_jax.training import (  # noqa: E402
     BatchSamplers,
     MultiDatasetBatchSamplers,
@@ -32,6 +32,8 @@ __all__ = [
     "SentenceTransformerTrainingArguments",
     "SimilarityFunction",
     "SparseEncoder",
+    "SparseEncoderTrainer",
+    "SparseEncoderTrainingArguments",
     "StaticEmbedding",
     "Transformer",
 ]

@@ -43,6 +43,14 @@ def _loss_params(trainable, loss_key):
     return trainable["loss"] if loss_key is None else trainable["loss"].get(loss_key, {})
 
 
+def apply_loss(loss, forward, trainable, batch, key, *, loss_key, num_shards):
+    """``(total, components)`` of ``loss`` on a collated bi-encoder batch (the columns embedded by ``forward``)."""
+    out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
+                       mask=batch["mask"], num_shards=num_shards, loss_params=_loss_params(trainable, loss_key),
+                       packed=batch.get("packed"))
+    return _total(out)
+
+
 class SentenceTransformerTask(Task):
     """Training a :class:`~stcore_jax.SentenceTransformer` on text columns."""
 
@@ -69,10 +77,7 @@ class SentenceTransformerTask(Task):
         forward = (model if model is not None else self.compute_model()).forward
 
         def objective(trainable, batch, key):
-            out = compute_loss(loss, forward, trainable["model"], batch["columns"], batch.get("label"), dropout_key=key,
-                               mask=batch["mask"], num_shards=num_shards, loss_params=_loss_params(trainable, loss_key),
-                               packed=batch.get("packed"))
-            return _total(out)
+            return apply_loss(loss, forward, trainable, batch, key, loss_key=loss_key, num_shards=num_shards)
 
         return objective
 

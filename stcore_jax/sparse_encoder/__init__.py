@@ -1,8 +1,10 @@
-"""The SparseEncoder family (sentence-transformers' ``SparseEncoder``): SPLADE models over the shared pipeline.
+"""The SparseEncoder family (sentence-transformers' ``SparseEncoder``): SPLADE models over the shared pipeline:
+the model and inference (``model.py``), the losses (``losses/``), the trainer (``trainer.py``, ``task.py``)."""
 
-So far the model and inference (``model.py``) and the losses (``losses/``); the trainer and evaluators come next.
-"""
+from stcore_jax.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback  # noqa: E402
+from stcore_jax.sparse_encoder.model import SparseEncoder  # noqa: E402
+from stcore_jax.sparse_encoder.trainer import SparseEncoderTrainer  # noqa: E402
+from stcore_jax.sparse_encoder.training_args import SparseEncoderTrainingArguments  # noqa: E402
 
-from stcore_jax.sparse_encoder.model import SparseEncoder
-
-__all__ = ["SparseEncoder"]
+__all__ = ["SparseEncoder", "SparseEncoderTrainer", "SparseEncoderTrainingArguments",
+           "SpladeRegularizerWeightSchedulerCallback"]

@@ -122,25 +122,43 @@ def clip_grad_norm(max_norm: float, subtree: str | None = None) -> optax.Gradien
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(args, trainable, total_steps: int):
+def _no_match_error(pattern, names: list[list[str]]) -> ValueError:
+    """The error for a ``learning_rate_mapping`` pattern that matches nothing: it lists the parameter paths
+    (each with its other names), up to the leaf's parent module, so the user can write a pattern that does."""
+    modules = {}
+    for forms in names:
+        modules.setdefault(" | ".join(f.rsplit(".", 1)[0] for f in forms), None)
+    shown = list(modules)[:40]
+    more = f" ... and {len(modules) - len(shown)} more" if len(modules) > len(shown) else ""
+    return ValueError(f"learning_rate_mapping pattern {pattern!r} matches no parameter. Patterns are regular "
+                      f"expressions searched in each parameter's path; the parameters live under these paths "
+                      f"(alternative names separated by ' | '), each followed by a leaf such as '.weight' or "
+                      f"'.bias':\n  " + "\n  ".join(shown) + more)
+
+
+def make_optimizer(args, trainable, total_steps: int, aliases=None):
     """Clip by global norm, then AdamW with the schedule; ``learning_rate_mapping`` regexes give
-    matching parameters their own peak lr (``optax.multi_transform``). Returns ``(tx, schedule)``."""
+    matching parameters their own peak lr (``optax.multi_transform``). Returns ``(tx, schedule)``.
+
+    A pattern is searched in each parameter's export path (``param_names``) and in its other names,
+    ``aliases(path) -> [str]`` (e.g. the reference's torch module path, or a path with module class names); a
+    pattern that matches no parameter raises, naming the available paths."""
     schedule = make_schedule(args, total_steps)
     clip = [clip_grad_norm(args.max_grad_norm, "model")] if args.max_grad_norm and args.max_grad_norm > 0 else []
     mapping = args.learning_rate_mapping or {}
     if not mapping:
         return optax.chain(*clip, _base_optimizer(args, schedule)), schedule
-    names = param_names(trainable)
-    flat_names = jax.tree_util.tree_leaves(names)
+    names = jax.tree_util.tree_map(lambda n: [n, *(aliases(n) if aliases else [])], param_names(trainable),
+                                   is_leaf=lambda x: isinstance(x, str))
+    flat_names = jax.tree_util.tree_leaves(names, is_leaf=lambda x: isinstance(x, list))
     for pattern in mapping:
-        if not any(re.search(pattern, n) for n in flat_names):
-            raise ValueError(f"learning_rate_mapping pattern {pattern!r} matches no parameter; names look like "
-                             f"{flat_names[:3]}")
+        if not any(re.search(pattern, f) for forms in flat_names for f in forms):
+            raise _no_match_error(pattern, flat_names)
 
-    def label(n):
-        return next((p for p in mapping if re.search(p, n)), "__default__")
+    def label(forms):
+        return next((p for p in mapping if any(re.search(p, f) for f in forms)), "__default__")
 
-    labels = jax.tree_util.tree_map(label, names)
+    labels = jax.tree_util.tree_map(label, names, is_leaf=lambda x: isinstance(x, list))
     transforms = {"__default__": _base_optimizer(args, schedule)}
     for pattern, lr in mapping.items():
         transforms[pattern] = _base_optimizer(args, make_schedule(args, total_steps, float(lr)))
@@ -150,13 +168,18 @@ def make_optimizer(args, trainable, total_steps: int):
 def freeze_params(tx, trainable, frozen_model_keys):
     """Wrap ``tx`` so that ``trainable["model"][k]`` for ``k`` in ``frozen_model_keys`` (the encoder's
     base weights under LoRA) gets no optimizer state and a zero update; the rest goes through ``tx``
-    (whose gradient clipping then sees only the trained leaves). No frozen keys: ``tx`` unchanged."""
+    (whose gradient clipping then sees only the trained leaves). A key may also be a path, a tuple of keys
+    into ``trainable["model"]`` (e.g. ``("0", "query_0_SparseStaticEmbedding")``, a frozen module inside a
+    Router). No frozen keys: ``tx`` unchanged."""
     if not frozen_model_keys:
         return tx
+    frozen = [k if isinstance(k, tuple) else (k,) for k in frozen_model_keys]
 
     def label(path, _):
-        top = [getattr(p, "key", None) for p in path[:2]]
-        return "frozen" if top[0] == "model" and len(top) > 1 and top[1] in frozen_model_keys else "train"
+        keys = tuple(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+        if keys[:1] != ("model",):
+            return "train"
+        return "frozen" if any(keys[1:1 + len(f)] == f for f in frozen) else "train"
 
     labels = jax.tree_util.tree_map_with_path(label, trainable)
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

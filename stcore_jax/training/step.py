@@ -2,7 +2,10 @@
 
 ``objective(trainable, batch, key) -> (loss, aux)``: a scalar loss and a dict of scalar components to log,
 ``key`` the step's dropout key (``None`` in evaluation). A model family builds it from its loss
-(:meth:`stcore_jax.training.task.Task.objective`); nothing here knows what the model or the loss is.
+(:meth:`stcore_jax.training.task.Task.objective`); nothing here knows what the model or the loss is. An
+objective whose value depends on the optimizer step (e.g. SpladeLoss's regulariser warm-up) sets the attribute
+``uses_step = True`` and is called as ``objective(trainable, batch, key, step)`` with ``step`` the traced
+``state["step"]`` (the steps taken before this one), so a changing step never retraces.
 
 ``train_step(state, batch) -> (state, metrics)`` with ``state = {"trainable": {"model": params, "loss":
 {key: loss_params}}, "opt_state": ..., "step": int32, "skipped": int32}``. The dropout key of a step is
@@ -15,13 +18,19 @@ counted in ``state["skipped"]``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-Objective = Callable[[Any, Any, Any], tuple[jax.Array, dict]]
+Objective = Callable[..., tuple[jax.Array, dict]]
+
+
+def with_step(objective: Objective, step) -> Objective:
+    """``objective`` as a three-argument function: the step bound if it ``uses_step``, else itself."""
+    if getattr(objective, "uses_step", False):
+        return lambda trainable, batch, key: objective(trainable, batch, key, step)
+    return objective
 
 
 def make_train_step(objective: Objective, tx, *, seed: int, accum_steps: int = 1, counter=None):
@@ -35,7 +44,7 @@ def make_train_step(objective: Objective, tx, *, seed: int, accum_steps: int = 1
         if counter is not None:
             counter[0] += 1  # traced once per compilation
         key = jax.random.fold_in(base_key, state["step"])
-        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        grad_fn = jax.value_and_grad(with_step(objective, state["step"]), has_aux=True)
         if accum_steps == 1:
             (loss_val, comps), grads = grad_fn(state["trainable"], batch, key)
         else:
@@ -76,9 +85,10 @@ def make_train_step(objective: Objective, tx, *, seed: int, accum_steps: int = 1
 
 
 def make_eval_step(objective: Objective):
-    """``eval_step(trainable, batch) -> {"loss": total, **components}`` (no dropout: ``key=None``)."""
-    def eval_step(trainable, batch):
-        total, comps = objective(trainable, batch, None)
+    """``eval_step(trainable, batch, step=0) -> {"loss": total, **components}`` (no dropout: ``key=None``);
+    ``step``: what a step-dependent objective sees (the trainer passes the step of the last update)."""
+    def eval_step(trainable, batch, step=0):
+        total, comps = with_step(objective, step)(trainable, batch, None)
         return {"loss": total, **comps}
 
     return eval_step

@@ -21,6 +21,7 @@ Contract with the model: ``task.model.params`` is the model's parameter pytree; 
 from __future__ import annotations
 
 import abc
+import re
 
 import jax
 import numpy as np
@@ -28,12 +29,16 @@ import numpy as np
 from stcore_jax.training.distributed import local_rows
 from stcore_jax.training.step import Objective
 
+# A Router's sub-module id (models/router.py): "{route}_{position}_{ClassName}".
+_ROUTER_ID = re.compile(r"^(.+)_(\d+)_([A-Z][A-Za-z0-9]*)$")
+
 
 class Task(abc.ABC):
     """One model family's side of training. ``model`` is the model being trained, ``args`` the
     :class:`~stcore_jax.training.arguments.TrainingArguments`."""
 
     label_columns: tuple[str, ...] = ()  # passed to batch samplers as ``valid_label_columns``
+    total_steps: int | None = None  # the run's optimizer steps, once training starts (set_run_length)
 
     def __init__(self, model, args):
         self.model, self.args = model, args
@@ -65,6 +70,11 @@ class Task(abc.ABC):
         the dropout key (``None``: evaluation, no dropout); ``loss`` a scalar and ``aux`` a dict of scalars
         to log. ``num_shards``: how many data shards the batch rows are split over. ``model``: whose forward
         to run (default: :meth:`compute_model`)."""
+
+    def set_run_length(self, total_steps: int) -> None:
+        """Told before the train state and the steps are built: the run's number of optimizer steps (for
+        objectives that depend on the step, e.g. a loss weight warmed up over a fraction of training)."""
+        self.total_steps = total_steps
 
     # -- data ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -141,6 +151,22 @@ class Task(abc.ABC):
     def compute_model(self):
         """What the compiled steps run (e.g. a bfloat16 view of the model for ``bf16=True``)."""
         return self.model
+
+    def param_aliases(self, name: str) -> list[str]:
+        """Other names of the parameter exported as ``name`` (``training/optim.py`` ``param_names``, e.g.
+        ``model.0.query_0_SparseStaticEmbedding.weight``) that a ``learning_rate_mapping`` pattern may match:
+        the reference's torch path, where a Router's sub-module ``{route}_{pos}_{Class}`` is
+        ``sub_modules.{route}.{pos}`` (``model.0.sub_modules.query.0.weight``), and the path with module class
+        names (``model.Router.SparseStaticEmbedding.weight``), so patterns such as ``SparseStaticEmbedding``
+        or ``MLMTransformer`` select a module by its type."""
+        parts = name.split(".")
+        torch_path = ".".join(_ROUTER_ID.sub(r"sub_modules.\1.\2", p) for p in parts)
+        classes = list(parts)
+        modules = getattr(self.model, "modules", None) or []
+        if len(parts) > 1 and parts[0] == "model" and parts[1].isdigit() and int(parts[1]) < len(modules):
+            classes[1] = type(modules[int(parts[1])]).__name__
+        classes = [_ROUTER_ID.sub(r"\3", p) for p in classes]
+        return [a for a in dict.fromkeys([torch_path, ".".join(classes)]) if a != name]
 
     def frozen_keys(self) -> frozenset:
         """Top-level keys of ``model.params`` that get no optimizer state and no update (e.g. a LoRA base)."""

@@ -19,6 +19,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
@@ -158,7 +159,7 @@ class Trainer(DataFeed, CallbackHandler):
         if self.optimizers and self.optimizers[0] is not None:
             tx, schedule = self.optimizers[0], self.optimizers[1]
         else:
-            tx, schedule = make_optimizer(self.args, trainable, total_steps)
+            tx, schedule = make_optimizer(self.args, trainable, total_steps, aliases=self.task.param_aliases)
         tx = freeze_params(tx, trainable, self.task.frozen_keys())  # e.g. LoRA: the base gets no state, no update
         counts = self.task.parameter_counts()
         if counts is not None:
@@ -202,7 +203,7 @@ class Trainer(DataFeed, CallbackHandler):
         name = inputs.get("dataset_name", next(iter(self.loss)))
         fn = make_eval_step(self._objective(self.loss[name], model=model))
         trainable = {"model": model.params, "loss": self._train_state["trainable"]["loss"] if self._train_state else {}}
-        out = fn(trainable, inputs)
+        out = fn(trainable, inputs, jnp.maximum(self._train_state["step"] - 1, 0) if self._train_state else 0)
         return (out["loss"], {}) if return_outputs else out["loss"]
 
     # -- the loop ------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class Trainer(DataFeed, CallbackHandler):
         accum = args.gradient_accumulation_steps
         total, num_epochs = self._run_length()
         self.total_steps = total
+        self.task.set_run_length(total)
         log_every = self._schedule_steps(args.logging_steps, total) if args.logging_strategy == "steps" else 0
         eval_every = self._schedule_steps(args.eval_steps, total) if args.eval_strategy == "steps" else 0
         save_every = self._schedule_steps(args.save_steps, total) if args.save_strategy == "steps" else 0
@@ -398,7 +400,10 @@ class Trainer(DataFeed, CallbackHandler):
                     length = bucket_for(self.task.longest(ds, rows), self.buckets)
                     return self._to_device(self.task.collate(ds, rows, self.global_eval_batch, length))
 
-                means, count = mean_eval_loss(self._eval_step_fn(loss_of(name)), self._train_state["trainable"],
+                # A step-dependent loss (SpladeLoss's warm-up) is evaluated as the last update trained it.
+                last = jnp.maximum(self._train_state["step"] - 1, 0)
+                fn = self._eval_step_fn(loss_of(name))
+                means, count = mean_eval_loss(lambda t, b, fn=fn: fn(t, b, last), self._train_state["trainable"],
                                               len(ds), self.global_eval_batch, make_batch)
                 n_rows += count
                 named = len(prepared) > 1 or self.eval_is_dict
