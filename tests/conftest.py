@@ -36,6 +36,36 @@ def pytest_configure(config):
                       float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")))
 
 
+# Seconds each of the slowest modules took in a full run (2 cores, 2026-12-02). With ``--dist loadscope`` a
+# module runs whole on one worker, and pytest-xdist hands modules out in collection order (pyproject passes
+# --no-loadscope-reorder: its default orders them by test count, which left a 200 s module with 5 tests to the
+# end and one worker idle for ~10 minutes). Longest first, the rest after in their usual order, keeps both
+# workers busy to the end (longest-processing-time-first scheduling).
+SLOW_MODULES = {
+    "reliability/test_multi_process.py": 327, "reliability/test_crash_and_preemption.py": 223,
+    "training/test_trainer.py": 217, "examples/test_examples.py": 213,
+    "training/test_reference_trainer_parity.py": 190, "evaluation/test_evaluator_parity.py": 170,
+    "losses/test_cached.py": 168, "cross_encoder/test_ce_trainer.py": 150, "cli/test_quickstart.py": 148,
+    "models/test_packing.py": 132, "training/test_trainer_equalities.py": 112,
+    "examples/test_cross_encoder_examples.py": 102, "training/test_resume.py": 94,
+    "training/test_loss_training.py": 94, "sparse_encoder/test_sparse_trainer.py": 90,
+    "cross_encoder/test_model.py": 80, "models/test_encode_api.py": 70, "training/test_fsdp.py": 66,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    tests = pathlib.Path(__file__).resolve().parent
+
+    def cost(item):
+        try:
+            rel = pathlib.Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
+        except ValueError:
+            return 0
+        return SLOW_MODULES.get(rel, 0)
+
+    items[:] = sorted(items, key=lambda item: -cost(item))  # stable: the order within a module is kept
+
+
 def pytest_unconfigure(config):
     cache = getattr(config, "_stcore_jax_cache", None)
     if cache:
