@@ -140,9 +140,32 @@ def _versions() -> str:
     return "\n".join(lines)
 
 
-def _front_matter(model, card) -> str:
-    tags = ["sentence-transformers", "sentence-similarity", "feature-extraction", "stcore_jax",
-            *(f"loss:{lo['loss']}" for lo in card.losses), *(card.tags or [])]
+@dataclasses.dataclass(frozen=True)
+class CardText:
+    """What differs between the bi-encoder families' cards (sentence-transformers 6.x wording)."""
+
+    model_class: str = "SentenceTransformer"
+    model_type: str = "Sentence Transformer"
+    tags: tuple = ("sentence-transformers", "sentence-similarity", "feature-extraction")
+    pipeline_tag: str = "sentence-similarity"
+    space: str = "dense vector space"
+    usage: tuple = ('sentences = ["How do I reset my password?", "I forgot my password.", "Where is my order?"]',
+                    "embeddings = model.encode(sentences)", "print(embeddings.shape)")
+
+
+SENTENCE_TRANSFORMER = CardText()
+SPARSE_ENCODER = CardText(
+    model_class="SparseEncoder", model_type="SPLADE Sparse Encoder",
+    tags=("sentence-transformers", "sparse-encoder", "sparse", "splade", "feature-extraction"),
+    pipeline_tag="feature-extraction", space="sparse vector space (one dimension per vocabulary token)",
+    usage=('queries = ["How do I reset my password?"]',
+           'documents = ["I forgot my password.", "Where is my order?"]',
+           "query_embeddings = model.encode_query(queries)", "document_embeddings = model.encode_document(documents)",
+           "print(query_embeddings.shape)"))
+
+
+def _front_matter(model, card, text: CardText = SENTENCE_TRANSFORMER) -> str:
+    tags = [*text.tags, "stcore_jax", *(f"loss:{lo['loss']}" for lo in card.losses), *(card.tags or [])]
     lines = ["---"]
     if card.language:
         langs = card.language if isinstance(card.language, list) else [card.language]
@@ -153,7 +176,7 @@ def _front_matter(model, card) -> str:
     lines += [f"- {t}" for t in dict.fromkeys(tags)]
     if card.base_model:
         lines.append(f"base_model: {card.base_model}")
-    lines += ["pipeline_tag: sentence-similarity", "library_name: sentence-transformers"]
+    lines += [f"pipeline_tag: {text.pipeline_tag}", "library_name: sentence-transformers"]
     if card.eval_results:
         lines.append("metrics:")
         lines += [f"- {k}" for k in dict.fromkeys(k for m in card.eval_results.values() for k in m)]
@@ -186,23 +209,24 @@ def _datasets_section(title, infos, card) -> list[str]:
     return out
 
 
-def render_model_card(model) -> str:
-    """Markdown for ``model`` (a stcore_jax SentenceTransformer) and its ``model_card_data``."""
+def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER) -> str:
+    """Markdown for ``model`` (a stcore_jax SentenceTransformer, or a SparseEncoder with ``text=SPARSE_ENCODER``)
+    and its ``model_card_data``."""
     card = getattr(model, "model_card_data", None)
     if card is None:
         card = SentenceTransformerModelCardData()
     card.set_base_model(guess_base_model(getattr(model, "model_path", None)))
-    name = card.model_name or (f"SentenceTransformer based on {card.base_model}" if card.base_model
-                               else "Sentence Transformer model")
+    name = card.model_name or (f"{text.model_class} based on {card.base_model}" if card.base_model
+                               else f"{text.model_type} model")
     names = [i["name"] for i in card.train_dataset_info]
-    out = [_front_matter(model, card), f"# {name}", "",
-           "This is a [sentence-transformers](https://www.SBERT.net) model"
+    out = [_front_matter(model, card, text), f"# {name}", "",
+           f"This is a [sentence-transformers](https://www.SBERT.net) {text.model_class} model"
            + (f" finetuned from [{card.base_model}](https://huggingface.co/{card.base_model})"
               if card.base_model else "")
            + (f" on {', '.join(names)}" if names else "")
            + " with stcore_jax (JAX/Flax). It maps sentences & paragraphs to a "
-           f"{model.get_embedding_dimension()}-dimensional dense vector space.", "",
-           "## Model Details", "", "### Model Description", "- **Model Type:** Sentence Transformer"]
+           f"{model.get_embedding_dimension()}-dimensional {text.space}.", "",
+           "## Model Details", "", "### Model Description", f"- **Model Type:** {text.model_type}"]
     if card.base_model:
         out.append(f"- **Base model:** [{card.base_model}](https://huggingface.co/{card.base_model})")
     out += [f"- **Maximum Sequence Length:** {model.max_seq_length} tokens",
@@ -216,14 +240,14 @@ def render_model_card(model) -> str:
         out.append(f"- **License:** {card.license}")
     out += ["", "### Full Model Architecture", "", "```", repr(model), "```", "", "## Usage", "",
             "### Direct Usage (Sentence Transformers)", "", "```bash", "pip install -U sentence-transformers", "```",
-            "", "```python", "from sentence_transformers import SentenceTransformer", "",
-            f'model = SentenceTransformer("{card.model_id or "path/to/this/model"}")',
-            'sentences = ["How do I reset my password?", "I forgot my password.", "Where is my order?"]',
-            "embeddings = model.encode(sentences)", "print(embeddings.shape)",
-            f"# ({3}, {model.get_embedding_dimension()})", "similarities = model.similarity(embeddings, embeddings)",
+            "", "```python", f"from sentence_transformers import {text.model_class}", "",
+            f'model = {text.model_class}("{card.model_id or "path/to/this/model"}")', *text.usage,
+            f"# ({1 if text.model_class == 'SparseEncoder' else 3}, {model.get_embedding_dimension()})",
+            ("similarities = model.similarity(query_embeddings, document_embeddings)"
+             if text.model_class == "SparseEncoder" else "similarities = model.similarity(embeddings, embeddings)"),
             "```", "", "### Direct Usage (stcore_jax, JAX)", "", "```python",
-            "from stcore_jax import SentenceTransformer  # the same API, on TPU / GPU / CPU", "",
-            f'model = SentenceTransformer("{card.model_id or "path/to/this/model"}")',
+            f"from stcore_jax import {text.model_class}  # the same API, on TPU / GPU / CPU", "",
+            f'model = {text.model_class}("{card.model_id or "path/to/this/model"}")',
             'embeddings = model.encode(["How do I reset my password?", "I forgot my password."])',
             "similarities = model.similarity(embeddings, embeddings)", "```", ""]
     if card.eval_results:
@@ -257,6 +281,6 @@ def render_model_card(model) -> str:
     return "\n".join(out)
 
 
-def write_model_card(model, directory: str) -> None:
+def write_model_card(model, directory: str, text: CardText = SENTENCE_TRANSFORMER) -> None:
     with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-        f.write(render_model_card(model))
+        f.write(render_model_card(model, text))

@@ -45,6 +45,7 @@ from stcore_jax.models.pooling import Pooling
 from stcore_jax.models.router import Router
 from stcore_jax.models.sparse_autoencoder import SparseAutoEncoder
 from stcore_jax.models.splade_pooling import SpladePooling, check_config
+from stcore_jax.sentence_transformer.model_card import SPARSE_ENCODER, write_model_card as write_st_model_card
 from stcore_jax.similarity import SimilarityFunction
 from stcore_jax.sparse_encoder import embeddings as sp
 from stcore_jax.sparse_encoder.load import load_sparse_modules
@@ -376,19 +377,12 @@ class SparseEncoder(BaseModel):
     save = save_pretrained
 
     def write_model_card(self, path: str, model_name: str | None = None) -> None:
-        """A minimal ``README.md`` (front matter and usage); the full SparseEncoder card comes with training."""
-        kind = ("inference-free SPLADE" if isinstance(self.input_module, Router) else
-                "CSR" if self.sparse_autoencoder is not None else "SPLADE")
-        encoder = next((m for p in _pipelines(self.modules) for m in p if hasattr(m, "config")), None)
-        arch = encoder.config.hf["architectures"][0] if encoder is not None else type(self.input_module).__name__
-        text = ("---\nlibrary_name: sentence-transformers\npipeline_tag: feature-extraction\ntags:\n"
-                f"- sentence-transformers\n- sparse-encoder\n- sparse\n- {kind.split()[-1].lower()}\n---\n\n"
-                f"# {model_name or 'SparseEncoder'}\n\nA {kind} SparseEncoder ({arch}, {self.get_embedding_dimension()}"
-                f" dimensions, {self.similarity_fn_name} similarity) exported by stcore_jax.\n\n```python\n"
-                "from sentence_transformers import SparseEncoder\n\nmodel = SparseEncoder(\"path/to/model\")\n"
-                "embeddings = model.encode([\"The weather is lovely today.\"])\n```\n")
-        with open(os.path.join(path, "README.md"), "w", encoding="utf-8") as f:
-            f.write(text)
+        """``README.md`` in the layout sentence-transformers 6.x writes for SparseEncoders: the model, usage, and
+        after training the datasets, losses, hyperparameters, evaluation results and logs (``model_card_data``,
+        filled by the trainer's model-card callback)."""
+        if model_name and self.model_card_data is not None and not self.model_card_data.model_name:
+            self.model_card_data.model_name = model_name
+        write_st_model_card(self, path, SPARSE_ENCODER)
 
 
 def _pipelines(modules) -> list[list]:

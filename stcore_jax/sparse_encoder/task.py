@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from stcore_jax.sentence_transformer.model_card import ModelCardCallback
 from stcore_jax.sentence_transformer.task import SentenceTransformerTask, apply_loss
 from stcore_jax.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 from stcore_jax.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss, validate_sparse_loss
@@ -112,4 +113,4 @@ class SparseEncoderTask(SentenceTransformerTask):
         return super().frozen_keys() | frozenset(self.model.frozen_param_paths())
 
     def callbacks(self, trainer) -> list:
-        return []  # the SparseEncoder model card is written by save_pretrained
+        return [ModelCardCallback(trainer)]  # fills model.model_card_data (datasets, losses, arguments, logs)

@@ -192,6 +192,21 @@ def test_matches_reference_trainer(ours, reference):
     assert diffs["eval"] < TOL["eval"] and diffs["params"] < TOL["params"], diffs
 
 
+def test_model_card_after_training(ours, tmp_path):
+    """The trained model's card (sentence-transformers 6.x SparseEncoder layout): tags, loss and its parameters,
+    dataset, logs with the regulariser components; the directory still loads in the reference."""
+    model, _, _ = ours
+    model.save_pretrained(str(tmp_path / "m"))
+    card = (tmp_path / "m" / "README.md").read_text()
+    for needle in ("- sparse-encoder", "- loss:SpladeLoss", "pipeline_tag: feature-extraction", "SpladeLoss",
+                   '"document_regularizer_weight": 0.003', "SparseMultipleNegativesRankingLoss",
+                   "model.encode_query(queries)", "SPLADE Sparse Encoder", "30522-dimensional sparse vector space",
+                   "### Training Logs", "<code>query</code>"):
+        assert needle in card, needle
+    ref = RefSparseEncoder(str(tmp_path / "m"), device="cpu")
+    assert ref.get_embedding_dimension() == 30522
+
+
 def test_linear_warmup_control(splade_dir, data, reference, tmp_path):
     """Control: a linear warm-up (weights 0, 1/2, 1, ...) where the reference trained with the quadratic one. The
     callback carries the schedule to our compiled step, and the comparison sees the change."""
