@@ -230,7 +230,9 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
         self.score_function_names = sorted(self.score_functions)
         return self.compute_all_metrics(None, query_embeddings=query_embeddings, corpus_embeddings=corpus_embeddings)
 
-    def _search_and_score(self, query_embeddings, corpus_chunks, output_path=None):
+    def _search_and_score(self, query_embeddings, corpus_chunks, output_path=None, corpus_block_rows=None):
+        """Search the fed corpus chunks; ``corpus_block_rows`` (default ``corpus_chunk_size``): corpus rows per
+        device block (the sparse evaluator lowers it, its rows being vocabulary-wide)."""
         n_corpus = len(self.corpus)
         k = min(self.max_k, n_corpus)
         searches = {}
@@ -241,7 +243,7 @@ class InformationRetrievalEvaluator(SentenceEvaluator):
                     k,
                     score_function=score_fn,
                     query_chunk_size=self.query_chunk_size,
-                    corpus_chunk_size=self.corpus_chunk_size,
+                    corpus_chunk_size=corpus_block_rows or self.corpus_chunk_size,
                     corpus_size=n_corpus,
                 )
                 for fn, score_fn in self.score_functions.items()
