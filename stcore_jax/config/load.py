@@ -137,7 +137,8 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
     args = raw.pop("arguments", None) or {}
     if not isinstance(args, dict):
         raise ConfigError("config key 'arguments' must be a mapping of training arguments (the fields of "
-                          "SentenceTransformerTrainingArguments or CrossEncoderTrainingArguments)")
+                          "SentenceTransformerTrainingArguments, CrossEncoderTrainingArguments or "
+                          "SparseEncoderTrainingArguments)")
     args.setdefault("output_dir", "output")
     cfg = from_dict(RunConfig, raw, "")
     family = cfg.model.family

@@ -1,8 +1,9 @@
 """The run configuration: frozen dataclasses, one per concern. YAML only fills them (see ``load.py``).
 
-A run is ``model`` (what to load; ``family`` picks SentenceTransformer or CrossEncoder) + ``data`` (where the
-rows come from) + ``loss`` + ``arguments`` (:class:`~stcore_jax.SentenceTransformerTrainingArguments` or
-:class:`~stcore_jax.CrossEncoderTrainingArguments`, same names as sentence-transformers) + ``evaluator`` +
+A run is ``model`` (what to load; ``family`` picks SentenceTransformer, CrossEncoder or SparseEncoder) + ``data``
+(where the rows come from) + ``loss`` + ``arguments`` (:class:`~stcore_jax.SentenceTransformerTrainingArguments`,
+:class:`~stcore_jax.CrossEncoderTrainingArguments` or :class:`~stcore_jax.SparseEncoderTrainingArguments` with
+``router_mapping`` and ``learning_rate_mapping``, same names as sentence-transformers) + ``evaluator`` +
 ``mesh`` (device layout, checked against the topology before anything loads).
 """
 
@@ -23,7 +24,8 @@ class ModelConfig:
     # encode compute dtype ("float32"/"bfloat16"; weights stay float32); training: arguments.bf16
     dtype: str = "float32"
     length_buckets: list | None = None  # padding lengths for encode
-    family: str = "sentence_transformer"  # sentence_transformer | cross_encoder: the model class, trainer, losses
+    # sentence_transformer | cross_encoder | sparse_encoder: the model class, trainer, losses, evaluators
+    family: str = "sentence_transformer"
     # CrossEncoder only (family: cross_encoder):
     num_labels: int | None = None  # head outputs; None: the checkpoint's (1 for a plain encoder, which gets a new head)
     activation_fn: str | None = None  # predict/rank's and the export's: sigmoid, identity, ... or a torch dotted path

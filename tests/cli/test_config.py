@@ -80,7 +80,7 @@ def test_good_config_and_overrides(tmp_path):
     (GOOD, ["loss.name=MatryoshkaLoss", "loss.kwargs={loss: {name: MNRL}, matryoshka_dims: [8]}"],
      r"'loss.kwargs.loss.name': unknown loss 'MNRL'"),
     (GOOD, ["evaluator.name=F1Evaluator"], r"'evaluator.name': unknown evaluator 'F1Evaluator'; allowed values"),
-    (GOOD, ["model.family=reranker"], r"'model.family': unknown model family 'reranker'; allowed values: \['cross_encoder', 'sentence_transformer'\]"),
+    (GOOD, ["model.family=reranker"], r"'model.family': unknown model family 'reranker'; allowed values: \['cross_encoder', 'sentence_transformer', 'sparse_encoder'\]"),
     (GOOD, ["data.format=xml"], r"'data.format': 'xml' is not supported; allowed values: \['auto', 'stsb'"),
     (GOOD, ["data.train=no/such/file.csv"], r"'data.train': 'no/such/file.csv' does not exist"),
     (GOOD, ["model.dtype=float16"], r"'model.dtype': 'float16' is not supported; allowed values: \['float32', 'bfloat16'\]"),
