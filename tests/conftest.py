@@ -50,6 +50,8 @@ SLOW_MODULES = {
     "examples/test_cross_encoder_examples.py": 102, "training/test_resume.py": 94,
     "training/test_loss_training.py": 94, "sparse_encoder/test_sparse_trainer.py": 90,
     "cross_encoder/test_model.py": 80, "models/test_encode_api.py": 70, "training/test_fsdp.py": 66,
+    "examples/test_sparse_encoder_examples.py": 90, "cli/test_sparse_encoder_config.py": 60,
+    "sparse_encoder/test_sparse_evaluators.py": 50,
 }
 
 
