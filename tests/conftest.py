@@ -31,6 +31,10 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._stcore_jax_cache = tempfile.mkdtemp(prefix="stcore-jax-xla-")
         os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+        # datasets caches what load_dataset reads from a local directory under the directory's *name*, not its
+        # content: a test table rebuilt with other rows under the same name would be served from an earlier
+        # run's cache. Each run gets its own (set before any worker imports datasets).
+        os.environ["HF_DATASETS_CACHE"] = os.path.join(config._stcore_jax_cache, "hf-datasets")
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs",
                       float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1.0")))
