@@ -348,5 +348,13 @@ def test_frozen_module_in_a_router_gets_no_update():
 
 
 def test_public_names():
+    """The reference's import paths, so a script ports by changing the package name."""
+    import importlib
+
     assert stcore_jax.SparseEncoderTrainer is SparseEncoderTrainer
     assert stcore_jax.SparseEncoderTrainingArguments is SparseEncoderTrainingArguments
+    for path in ("sparse_encoder.modules", "sparse_encoder.models"):
+        ours = importlib.import_module(f"stcore_jax.{path}")
+        theirs = importlib.import_module(f"sentence_transformers.{path}")
+        for name in ("MLMTransformer", "SpladePooling", "SparseStaticEmbedding", "SparseAutoEncoder", "Router"):
+            assert getattr(ours, name).__name__ == getattr(theirs, name).__name__ == name
