@@ -243,6 +243,9 @@ def test_bad_input_before_compiling(splade_dir, minilm_path, data, tmp_path):
                              loss=our_losses.SparseMultipleNegativesRankingLoss(model))
     with pytest.raises(ValueError, match="needs document_regularizer_weight"):
         our_losses.SpladeLoss(model, our_losses.SparseMultipleNegativesRankingLoss(model))
+    csr = SparseEncoder(minilm_path)  # a plain encoder: the reference's CSR build (Pooling + SparseAutoEncoder)
+    with pytest.raises(NotImplementedError, match="CSR model from its SparseAutoEncoder outputs"):
+        SparseEncoderTrainer(model=csr, args=args, train_dataset=data[0], loss=our_losses.CSRLoss(csr))
     # A learning_rate_mapping pattern that matches nothing names the parameter paths, before anything compiles.
     bad = SparseEncoderTrainingArguments(output_dir=str(tmp_path), learning_rate_mapping={r"SparseStaticEmbedding": 1e-3},
                                          max_steps=1, **OURS)
