@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from stcore_jax.sentence_transformer.evaluation.binary_classification import BinaryClassificationEvaluator
-from stcore_jax.sparse_encoder.evaluation.sparsity import SparsityMixin
+from stcore_jax.sparse_encoder.evaluation.sparsity import PooledSparsityMixin
 
 
-class SparseBinaryClassificationEvaluator(SparsityMixin, BinaryClassificationEvaluator):
+class SparseBinaryClassificationEvaluator(PooledSparsityMixin, BinaryClassificationEvaluator):
     """Accuracy, F1, precision, recall, AP and MCC of thresholded pair similarities (``labels`` 0/1).
 
     Arguments as sentence-transformers 6.2's ``SparseBinaryClassificationEvaluator`` (``max_active_dims``: top-k
@@ -42,14 +40,3 @@ class SparseBinaryClassificationEvaluator(SparsityMixin, BinaryClassificationEva
         super()._append_csv_headers(similarity_fn_names)
         if similarity_fn_names:
             self.csv_headers.extend(["active_dims", "sparsity_ratio"])
-
-    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        self.reset_sparsity()
-        metrics = super().__call__(model, output_path, epoch, steps)
-        return self.report_sparsity(model, metrics, None, output_path, epoch, steps)
-
-    def embed_inputs(self, model, sentences, **kwargs) -> np.ndarray:
-        """Dense ``[N, V]`` from ``model.encode``."""
-        embeddings = self.encode_sparse(model, sentences, **kwargs)
-        self.record_sparsity(embeddings)
-        return embeddings

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
-
 from stcore_jax.sentence_transformer.evaluation.embedding_similarity import EmbeddingSimilarityEvaluator
 from stcore_jax.similarity import SimilarityFunction
-from stcore_jax.sparse_encoder.evaluation.sparsity import SparsityMixin
+from stcore_jax.sparse_encoder.evaluation.sparsity import PooledSparsityMixin
 
 
-class SparseEmbeddingSimilarityEvaluator(SparsityMixin, EmbeddingSimilarityEvaluator):
+class SparseEmbeddingSimilarityEvaluator(PooledSparsityMixin, EmbeddingSimilarityEvaluator):
     """Pearson / Spearman correlation of pair similarities (the model's, ``dot`` by default) with gold ``scores``.
 
     Arguments as sentence-transformers 6.2's ``SparseEmbeddingSimilarityEvaluator`` (``max_active_dims``: top-k
@@ -43,14 +41,3 @@ class SparseEmbeddingSimilarityEvaluator(SparsityMixin, EmbeddingSimilarityEvalu
         super()._append_csv_headers(similarity_fn_names)
         if similarity_fn_names:  # with the function columns, which may only be known at the first call
             self.csv_headers.extend(["active_dims", "sparsity_ratio"])
-
-    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        self.reset_sparsity()
-        metrics = super().__call__(model, output_path, epoch, steps)
-        return self.report_sparsity(model, metrics, None, output_path, epoch, steps)
-
-    def embed_inputs(self, model, sentences, **kwargs) -> np.ndarray:
-        """Dense ``[N, V]`` from ``model.encode``."""
-        embeddings = self.encode_sparse(model, sentences, **kwargs)
-        self.record_sparsity(embeddings)
-        return embeddings

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from stcore_jax.sentence_transformer.evaluation.mse import MSEEvaluator
-from stcore_jax.sparse_encoder.evaluation.sparsity import SparsityMixin
+from stcore_jax.sparse_encoder.evaluation.sparsity import PooledSparsityMixin
 
 
-class SparseMSEEvaluator(SparsityMixin, MSEEvaluator):
+class SparseMSEEvaluator(PooledSparsityMixin, MSEEvaluator):
     """``negative_mse = -100 * mean((teacher.encode(source) - model.encode(target))^2)`` over ``[N, V]``.
 
     Arguments as sentence-transformers 6.2's ``SparseMSEEvaluator``; ``max_active_dims`` (top-k dimensions per
@@ -34,14 +32,3 @@ class SparseMSEEvaluator(SparsityMixin, MSEEvaluator):
                          teacher_model=teacher_model, show_progress_bar=show_progress_bar, batch_size=batch_size,
                          name=name, write_csv=write_csv)
         self.csv_headers.extend(["active_dims", "sparsity_ratio"])
-
-    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        self.reset_sparsity()  # drops the teacher's statistics, recorded at construction
-        metrics = super().__call__(model, output_path, epoch, steps)
-        return self.report_sparsity(model, metrics, None, output_path, epoch, steps)
-
-    def embed_inputs(self, model, sentences, **kwargs) -> np.ndarray:
-        """Dense ``[N, V]`` from ``model.encode``."""
-        embeddings = self.encode_sparse(model, sentences, **kwargs)
-        self.record_sparsity(embeddings)
-        return embeddings

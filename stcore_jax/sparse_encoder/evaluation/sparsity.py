@@ -140,3 +140,20 @@ class SparsityMixin:
         if self.max_active_dims is not None:
             config["max_active_dims"] = self.max_active_dims
         return config
+
+
+class PooledSparsityMixin(SparsityMixin):
+    """For evaluators whose parent embeds everything through ``embed_inputs`` and reports one pool of sparsity
+    statistics (``active_dims``, ``sparsity_ratio``): embedding similarity, binary classification, MSE,
+    translation. Put it first in the bases."""
+
+    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+        self.reset_sparsity()  # e.g. drops what the constructor recorded (SparseMSEEvaluator's teacher)
+        metrics = super().__call__(model, output_path, epoch, steps)
+        return self.report_sparsity(model, metrics, None, output_path, epoch, steps)
+
+    def embed_inputs(self, model, sentences, **kwargs):
+        """Dense ``[N, V]`` from ``model.encode``, counted into the statistics."""
+        embeddings = self.encode_sparse(model, sentences, **kwargs)
+        self.record_sparsity(embeddings)
+        return embeddings

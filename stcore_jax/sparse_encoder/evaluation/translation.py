@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from stcore_jax.sentence_transformer.evaluation.translation import TranslationEvaluator
-from stcore_jax.sparse_encoder.evaluation.sparsity import SparsityMixin
+from stcore_jax.sparse_encoder.evaluation.sparsity import PooledSparsityMixin
 
 
-class SparseTranslationEvaluator(SparsityMixin, TranslationEvaluator):
+class SparseTranslationEvaluator(PooledSparsityMixin, TranslationEvaluator):
     """``src2trg_accuracy``, ``trg2src_accuracy`` and ``mean_accuracy`` (primary) of top-1 cosine retrieval.
 
     Arguments as sentence-transformers 6.2's ``SparseTranslationEvaluator`` (``max_active_dims``: top-k
@@ -33,14 +31,3 @@ class SparseTranslationEvaluator(SparsityMixin, TranslationEvaluator):
                          batch_size=batch_size, name=name, print_wrong_matches=print_wrong_matches,
                          write_csv=write_csv)
         self.csv_headers.extend(["active_dims", "sparsity_ratio"])
-
-    def __call__(self, model, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        self.reset_sparsity()
-        metrics = super().__call__(model, output_path, epoch, steps)
-        return self.report_sparsity(model, metrics, None, output_path, epoch, steps)
-
-    def embed_inputs(self, model, sentences, **kwargs) -> np.ndarray:
-        """Dense ``[N, V]`` from ``model.encode``."""
-        embeddings = self.encode_sparse(model, sentences, **kwargs)
-        self.record_sparsity(embeddings)
-        return embeddings
