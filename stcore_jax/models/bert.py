@@ -17,13 +17,13 @@ from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.layers import (
     activation,
     attention,
-    call_layer,
     dropout,
     embed,
     fold,
     layer_norm,
     linear,
     merge_heads,
+    run_layers,
     split_heads,
     tied_logits,
 )
@@ -167,9 +167,9 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, self.position_ids(input_ids, packing), token_type_ids, fold(dropout_key, 0))
         hidden = [x]
-        for i, layer in enumerate(self.encoder.layer):
-            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))
-            hidden.append(x)
+        x, outputs = run_layers(self.encoder.layer, self.gradient_checkpointing, x, attention_mask,
+                                dropout_key=dropout_key, collect=output_hidden_states)
+        hidden += outputs or []
         out = {"last_hidden_state": x}
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)

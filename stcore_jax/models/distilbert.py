@@ -14,13 +14,13 @@ from stcore_jax.models.layers import (
     TiedDecoder,
     activation,
     attention,
-    call_layer,
     dropout,
     embed,
     fold,
     layer_norm,
     linear,
     merge_heads,
+    run_layers,
     split_heads,
 )
 
@@ -119,9 +119,9 @@ class DistilBertModel(nnx.Module):
                  packing=None):
         x = self.embeddings(input_ids, fold(dropout_key, 0), None if packing is None else packing.position_ids)
         hidden = [x]
-        for i, layer in enumerate(self.transformer.layer):
-            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))
-            hidden.append(x)
+        x, outputs = run_layers(self.transformer.layer, self.gradient_checkpointing, x, attention_mask,
+                                dropout_key=dropout_key, collect=output_hidden_states)
+        hidden += outputs or []
         out = {"last_hidden_state": x}
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)

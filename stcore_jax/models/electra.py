@@ -14,7 +14,7 @@ from flax import nnx
 from stcore_jax.models.architecture import Architecture
 from stcore_jax.models.bert import BertEmbeddings, BertModel, bert_config, classifier_dropout
 from stcore_jax.models.config import EncoderConfig
-from stcore_jax.models.layers import TiedDecoder, call_layer, dropout, fold, gelu_erf, layer_norm, linear
+from stcore_jax.models.layers import TiedDecoder, dropout, fold, gelu_erf, layer_norm, linear, run_layers
 
 
 def embedding_size(cfg: EncoderConfig) -> int:
@@ -42,9 +42,9 @@ class ElectraModel(BertModel):
         if self.embeddings_project is not None:
             x = self.embeddings_project(x)
         hidden = [x]  # transformers' hidden_states[0] is the projected embedding output
-        for i, layer in enumerate(self.encoder.layer):
-            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, fold(dropout_key, i + 1))
-            hidden.append(x)
+        x, outputs = run_layers(self.encoder.layer, self.gradient_checkpointing, x, attention_mask,
+                                dropout_key=dropout_key, collect=output_hidden_states)
+        hidden += outputs or []
         out = {"last_hidden_state": x}
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)

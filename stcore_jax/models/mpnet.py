@@ -18,13 +18,13 @@ from stcore_jax.models.bert import BertEmbeddings, BertIntermediate, BertResidua
 from stcore_jax.models.config import EncoderConfig
 from stcore_jax.models.layers import (
     attention,
-    call_layer,
     dropout,
     embed,
     fold,
     layer_norm,
     linear,
     merge_heads,
+    run_layers,
     split_heads,
 )
 from stcore_jax.models.roberta import RobertaClassificationHead, RobertaLMHead
@@ -130,9 +130,9 @@ class MPNetModel(nnx.Module):
         x = self.embeddings(input_ids, position_ids, None, fold(dropout_key, 0))
         bias = self.encoder.position_bias(input_ids.shape[1])
         hidden = [x]
-        for i, layer in enumerate(self.encoder.layer):
-            x = call_layer(layer, self.gradient_checkpointing, x, attention_mask, bias, fold(dropout_key, i + 1))
-            hidden.append(x)
+        x, outputs = run_layers(self.encoder.layer, self.gradient_checkpointing, x, attention_mask, bias,
+                                dropout_key=dropout_key, collect=output_hidden_states)
+        hidden += outputs or []
         out = {"last_hidden_state": x}
         if output_hidden_states:
             out["hidden_states"] = tuple(hidden)
