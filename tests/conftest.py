@@ -7,6 +7,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No PNG plots at the end of every short training run (0.2-1 s each, plus importing matplotlib);
+# tests/training/test_plots.py turns them back on where it tests them.
+os.environ.setdefault("STCORE_JAX_TRAINING_PLOTS", "0")
 
 import pathlib  # noqa: E402
 import shutil  # noqa: E402

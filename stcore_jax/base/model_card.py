@@ -10,13 +10,17 @@ no torch: a family's card module (e.g. ``cross_encoder/model_card.py``) fills an
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 from collections import Counter
 from inspect import isclass
 from platform import python_version
 from pprint import pformat
 from textwrap import indent
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = "6.2.0"  # the sentence-transformers release whose card layout the cards follow
 STATS_ROWS = 100  # rows the column statistics read (the reference's bound)
@@ -260,6 +264,21 @@ def format_training_logs(logs: list[dict], best_step: int | None) -> dict:
              for k in sorted(keys, key=order)} for row in logs]
     table = markdown_table(rows)
     return {"eval_lines": table, "explain_bold_in_eval": "**" in table}
+
+
+def copy_training_curve(source: str | None, directory: str) -> str | None:
+    """Copy the training-loss plot ``source`` (training/plots.py writes it at the end of training) into
+    ``directory``, beside the README that links it; the file name to link, or None when there is none to copy.
+    A failed copy is logged, not raised: the card (and the save) go on without the curve."""
+    if not source or not os.path.isfile(source):
+        return None
+    name = os.path.basename(source)
+    try:
+        shutil.copyfile(source, os.path.join(directory, name))
+    except OSError as e:
+        logger.warning("The training curve %s was not copied into %s: %s", source, directory, e)
+        return None
+    return name
 
 
 def front_matter(values: dict) -> str:

@@ -31,9 +31,9 @@ def train(args) -> int:
 
         raise ConfigError("config key 'data.train' is required for train (a file, an STS-B directory, 'quickstart' "
                           "or a hub dataset id)")
+    train_ds, eval_ds = build.build_datasets(cfg)  # before the model: data errors (prompts keys) surface first
     model = build.build_model(cfg)
     trainer_class = build.trainer_class(cfg)  # SentenceTransformerTrainer or CrossEncoderTrainer (model.family)
-    train_ds, eval_ds = build.build_datasets(cfg)
     evaluator = build.build_evaluator(cfg, eval_ds)
     targs = build.training_arguments(cfg, mesh_shape)
     export = targs.save_final_model
@@ -129,6 +129,28 @@ def evaluate(args) -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
+    return 0
+
+
+def plot(args) -> int:
+    """Write the training curves of ``args.output_dir/logs.jsonl`` beside it (training/plots.py); print the paths."""
+    from stcore_jax.training import plots
+
+    path = os.path.join(args.output_dir, plots.LOGS_FILE)
+    if not os.path.isfile(path):
+        raise InputError(f"{path!r} does not exist; give the output_dir of a training run (the trainer writes "
+                         f"{plots.LOGS_FILE} there)")
+    records = plots.read_logs(path)
+    if not records:
+        raise InputError(f"{path!r} is empty: nothing was logged yet (see logging_steps)")
+    try:
+        written = plots.write_plots(args.output_dir, records)
+    except ImportError as e:
+        raise InputError(str(e)) from None
+    if not written:
+        raise InputError(f"{path!r} holds no loss, learning rate or eval metric to plot")
+    for p in written:
+        print(p)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``stcore-jax``: train / encode / evaluate / quickstart / info.
+"""``stcore-jax``: train / encode / evaluate / plot / quickstart / info.
 
 Every command checks its inputs (config keys, files, the mesh against the devices) before a model is
 loaded or anything is compiled; a bad input prints ``error: ...`` and exits with status 2.
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--output", default=None, help="also write the metrics to this JSON file")
     v.set_defaults(func=commands.evaluate)
+
+    g = sub.add_parser("plot", help="write PNG plots of a training run's loss, learning rate and eval metrics "
+                                    "(from OUTPUT_DIR/logs.jsonl) into OUTPUT_DIR")
+    g.add_argument("output_dir", metavar="OUTPUT_DIR", help="a training run's output_dir (holding logs.jsonl)")
+    g.set_defaults(func=commands.plot)
 
     q = sub.add_parser("quickstart", help="fine-tune all-MiniLM-L6-v2 on the embedded help-desk pairs, export, reload")
     from stcore_jax.quickstart.job import add_arguments

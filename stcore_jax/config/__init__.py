@@ -3,6 +3,7 @@
 from stcore_jax.config.load import ConfigError, apply_overrides, check_devices, load_config, parse_config
 from stcore_jax.config.schema import (
     DataConfig,
+    DatasetConfig,
     EvaluatorConfig,
     HardNegativesConfig,
     LossConfig,
@@ -12,6 +13,6 @@ from stcore_jax.config.schema import (
 )
 from stcore_jax.config.topology import TOPOLOGIES, Topology, get_topology, mesh_shape
 
-__all__ = ["ConfigError", "DataConfig", "EvaluatorConfig", "HardNegativesConfig", "LossConfig", "MeshConfig",
-           "ModelConfig", "RunConfig", "TOPOLOGIES", "Topology", "apply_overrides", "check_devices", "get_topology",
-           "load_config", "mesh_shape", "parse_config"]
+__all__ = ["ConfigError", "DataConfig", "DatasetConfig", "EvaluatorConfig", "HardNegativesConfig", "LossConfig",
+           "MeshConfig", "ModelConfig", "RunConfig", "TOPOLOGIES", "Topology", "apply_overrides", "check_devices",
+           "get_topology", "load_config", "mesh_shape", "parse_config"]

@@ -9,7 +9,8 @@ import os
 from stcore_jax.config import catalogue
 from stcore_jax.config.datasets import load_source, scale_label, select_columns
 from stcore_jax.config.errors import ConfigError
-from stcore_jax.config.schema import RunConfig
+from stcore_jax.config.multi import check_prompts
+from stcore_jax.config.schema import DatasetConfig, RunConfig
 
 OFFLINE_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -111,18 +112,51 @@ def _rows(cfg: RunConfig, src, split, max_rows, key, subset=None):
     return scale_label(ds, d.score_scale)
 
 
+def load_spec(spec: DatasetConfig, key: str):
+    """The rows of one checked dataset spec (``key``: its config key, for errors; ``data`` for a source given
+    as a string, whose keys are the section's)."""
+    ds = load_source(spec.path, spec.format, spec.split, spec.max_rows, spec.subset)
+    ds = select_columns(ds, spec.columns, f"{key}.columns")
+    return scale_label(ds, spec.score_scale)
+
+
+def _split(cfg: RunConfig, which: str):
+    """``data.train`` or ``data.eval`` loaded: a Dataset, a dict name -> Dataset (named datasets), or None."""
+    specs, named = cfg.data.datasets(which)
+    out = {}
+    for name, spec in specs.items():
+        key = f"data.{which}.{name}" if named else ("data" if isinstance(getattr(cfg.data, which), str)
+                                                    else f"data.{which}")
+        ds = load_spec(spec, key)
+        if which == "train":
+            ds = mine(ds, spec.hard_negatives, f"{key}.hard_negatives")
+        out[name] = ds
+    if not out:
+        return None
+    return out if named else out[which]
+
+
 def build_datasets(cfg: RunConfig):
-    """``(train, eval)`` datasets (``None`` where not configured)."""
-    d = cfg.data
-    train = _rows(cfg, d.train, d.train_split, d.max_train_rows, "data.train", d.subset) if d.train else None
-    ev = _rows(cfg, d.eval, d.eval_split, d.max_eval_rows, "data.eval", d.subset) if d.eval else None
-    if train is not None:
-        train = mine(train, d.hard_negatives, "data.hard_negatives")
+    """``(train, eval)``: each a Dataset, a dict name -> Dataset (named datasets), or ``None`` where not
+    configured. Raises ConfigError for ``arguments.prompts`` keys that match no dataset or column."""
+    train, ev = _split(cfg, "train"), _split(cfg, "eval")
+    named, unnamed = {}, []
+    for data in (train, ev):
+        if isinstance(data, dict):
+            for n, ds in data.items():
+                named[n] = list(dict.fromkeys([*named.get(n, ()), *ds.column_names]))
+        elif data is not None:
+            unnamed.append(list(data.column_names))
+    check_prompts(cfg.arguments.prompts, named, unnamed)
     return train, ev
 
 
 def build_loss(cfg: RunConfig, model):
-    return catalogue.build_loss(model, cfg.loss.name, cfg.loss.kwargs, cfg.model.family)
+    """The loss object, or ``{dataset name: loss}`` for per-dataset losses (what the trainers take)."""
+    family = cfg.model.family
+    if isinstance(cfg.loss, dict):
+        return {n: catalogue.build_loss(model, lo.name, lo.kwargs, family) for n, lo in cfg.loss.items()}
+    return catalogue.build_loss(model, cfg.loss.name, cfg.loss.kwargs, family)
 
 
 def build_evaluator(cfg: RunConfig, eval_dataset=None):
@@ -134,10 +168,15 @@ def build_evaluator(cfg: RunConfig, eval_dataset=None):
     kwargs = dict(e.kwargs)
     if not need:  # reads no rows (CrossEncoderNanoBEIREvaluator: its datasets are in kwargs)
         return catalogue.build_evaluator(e.name, [], kwargs, family)
-    if e.data is not None:
+    evals, named = cfg.data.datasets("eval")
+    if e.data is not None and not (named and e.data in evals):
         ds = _rows(cfg, e.data, cfg.data.eval_split, e.max_rows, "evaluator.data")
     else:
-        ds = eval_dataset if eval_dataset is not None else build_datasets(cfg)[1]
+        if named:  # evaluator.data names one of the eval datasets (checked): only that one is loaded
+            given = eval_dataset if isinstance(eval_dataset, dict) else {}
+            ds = given[e.data] if e.data in given else load_spec(evals[e.data], f"data.eval.{e.data}")
+        else:
+            ds = eval_dataset if eval_dataset is not None else _split(cfg, "eval")
         if e.max_rows is not None:
             ds = ds.select(range(min(e.max_rows, len(ds))))
     mined = e.hard_negatives.model is not None

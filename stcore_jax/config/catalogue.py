@@ -168,9 +168,11 @@ def _check_activation(value, key: str) -> None:
         raise ConfigError(f"config key {key!r}: {e}") from None
 
 
-def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMILY, num_labels: int | None = None):
+def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMILY, num_labels: int | None = None,
+               wrapped: bool = False):
     """Raise ValueError naming ``key`` if ``name``/``kwargs`` do not describe a known loss of ``family``
-    (``num_labels``: the CrossEncoder's, where the config sets it; most CrossEncoder losses need 1)."""
+    (``num_labels``: the CrossEncoder's, where the config sets it; most CrossEncoder losses need 1;
+    ``wrapped``: the inner loss of a wrapper, ``key`` ending in ``.kwargs.loss``)."""
     classes = loss_classes(family)
     if not isinstance(name, str) or name not in classes:
         hint = _other_family(name, family, "loss") if isinstance(name, str) else ""
@@ -187,7 +189,7 @@ def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMI
                     raise ConfigError(f"config key '{key}.kwargs.loss' must be a mapping with a 'name' "
                                       f"(the inner loss), e.g. {{name: MultipleNegativesRankingLoss}}")
                 inner = {a: b for a, b in v.items() if a != "name"}
-                check_loss(v["name"], inner.get("kwargs", inner), f"{key}.kwargs.loss", family, num_labels)
+                check_loss(v["name"], inner.get("kwargs", inner), f"{key}.kwargs.loss", family, num_labels, True)
             else:
                 raise ConfigError(f"config key '{key}.kwargs.{k}': a model argument cannot come from a config; "
                                   "use the Python API for losses that need a second model")
@@ -196,7 +198,7 @@ def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMI
         elif k == "activation_fn" and family == "cross_encoder":
             _check_activation(v, f"{key}.kwargs.{k}")
     if family == "sparse_encoder":
-        _check_sparse_loss(name, cls, kwargs, key)
+        _check_sparse_loss(name, cls, kwargs, key, wrapped)
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
         raise ConfigError(f"config key '{key}.kwargs': {name} needs {missing}")
@@ -205,15 +207,15 @@ def check_loss(name, kwargs: dict, key: str = "loss", family: str = DEFAULT_FAMI
                           f"{num_labels}; use CrossEntropyLoss for several labels")
 
 
-def _check_sparse_loss(name: str, cls, kwargs: dict, key: str) -> None:
+def _check_sparse_loss(name: str, cls, kwargs: dict, key: str, wrapped: bool) -> None:
     """The SparseEncoderTrainer's rules, before a model loads: a Sparse* ranking loss (or FlopsLoss) is wrapped by
     SpladeLoss or CSRLoss (alone it would not keep the embeddings sparse), SpladeLoss has its document weight and an
     embedding loss inside, and its regulariser objects are not set from a config (their thresholds are)."""
     wrap = ("{name: SpladeLoss, kwargs: {loss: {name: %s}, document_regularizer_weight: 3.0e-5, "
             "query_regularizer_weight: 5.0e-5}}")
-    if key == "loss" and callable(getattr(cls, "standalone_error", None)):
-        raise ConfigError(f"config key 'loss.name': {name} should not be used alone; wrap it in SpladeLoss or CSRLoss, "
-                          f"e.g. loss: {wrap % name}")
+    if not wrapped and callable(getattr(cls, "standalone_error", None)):
+        raise ConfigError(f"config key '{key}.name': {name} should not be used alone; wrap it in SpladeLoss or "
+                          f"CSRLoss, e.g. loss: {wrap % name}")
     inner = kwargs.get("loss")
     if isinstance(inner, dict) and not getattr(loss_classes("sparse_encoder").get(inner.get("name")),
                                                 "can_be_base_loss", True):

@@ -2,99 +2,26 @@
 
 Checks, in order, before anything is loaded or compiled: unknown keys, value types, the
 training arguments' own validation (the model family's class), the model section, data sources
-(local paths must exist), loss / evaluator names and keyword arguments (of the model family),
-hard-negative mining arguments and the mesh against its topology.
+(local paths must exist; one dataset or several named ones, multi.py), the losses (one, or one per
+training dataset) and evaluator by name and keyword arguments (of the model family), per-dataset
+prompts, hard-negative mining arguments and the mesh against its topology.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
-from typing import Any
 
 import yaml
 
-from stcore_jax.config import catalogue
+from stcore_jax.config import catalogue, multi
 from stcore_jax.config.errors import ConfigError
-from stcore_jax.config.schema import RunConfig
+from stcore_jax.config.fields import from_dict
+from stcore_jax.config.multi import DATA_FORMATS
+from stcore_jax.config.schema import DataConfig, LossConfig, RunConfig
 from stcore_jax.config.topology import TOPOLOGIES, get_topology, mesh_shape
 
-DATA_FORMATS = ("auto", "stsb", "csv", "tsv", "json", "parquet", "hub", "quickstart")
 DTYPES = ("float32", "bfloat16")
-_SCALARS = {int: "int", float: "float", str: "str", bool: "bool", dict: "mapping", list: "list", tuple: "list"}
-
-
-def _type_ok(value, tp) -> bool:
-    """Whether ``value`` (parsed YAML) fits the annotation ``tp``."""
-    if tp is Any or tp is typing.Any:
-        return True
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if origin is not None:
-        tp = origin
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _describe(tp) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return _SCALARS.get(typing.get_origin(tp) or tp, getattr(tp, "__name__", str(tp)))
-
-
-def from_dict(cls, data, key: str):
-    """Build dataclass ``cls`` from a mapping, checking keys and types; nested dataclasses recurse."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config key {key!r} must be a mapping of {cls.__name__} fields, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f"under {key!r}" if key else "at the top level"
-        raise ConfigError(f"config key {_join(key, unknown[0])!r} is unknown; allowed keys {where}: {sorted(fields)}")
-    values = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = from_dict(tp, value, _join(key, name))
-            continue
-        if isinstance(value, str) and not _type_ok(value, tp) and _type_ok(1.5, tp):
-            value = _yaml11_float(value)  # YAML 1.1 reads "3e-5" (no dot) as a string
-        if not _type_ok(value, tp):
-            raise ConfigError(f"config key {_join(key, name)!r} must be {_describe(tp)}, got "
-                              f"{type(value).__name__} {value!r}")
-        values[name] = value
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"config key {key!r}: {e}") from None
-
-
-def _yaml11_float(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _join(key, name):
-    return f"{key}.{name}" if key else str(name)
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
@@ -140,6 +67,7 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
                           "SentenceTransformerTrainingArguments, CrossEncoderTrainingArguments or "
                           "SparseEncoderTrainingArguments)")
     args.setdefault("output_dir", "output")
+    data_raw, loss_raw = raw.pop("data", None), raw.pop("loss", None)  # their forms are read below (multi.py)
     cfg = from_dict(RunConfig, raw, "")
     family = cfg.model.family
     arguments_class = catalogue.family_class(catalogue.ARGUMENTS, family)  # checks the family first
@@ -148,17 +76,26 @@ def parse_config(raw: dict, base_dir: str | None = None) -> RunConfig:
         raise ConfigError("config key 'arguments.mesh_shape': "
                           "set the layout in the 'mesh' section (data, fsdp, topology)")
     cfg = dataclasses.replace(cfg, model=_check_model(cfg.model))
-    cfg = dataclasses.replace(cfg, data=_check_data(cfg.data, base_dir))
-    catalogue.check_loss(cfg.loss.name, cfg.loss.kwargs, family=family, num_labels=cfg.model.num_labels)
+    data = _check_data(data_raw, base_dir)
+    (train, train_named), (evals, eval_named) = data.datasets("train"), data.datasets("eval")
+    cfg = dataclasses.replace(cfg, data=data, loss=multi.parse_loss(loss_raw, train, train_named))
+    for key, lo in loss_items(cfg.loss):
+        catalogue.check_loss(lo.name, lo.kwargs, key, family=family, num_labels=cfg.model.num_labels)
+    multi.check_eval_losses(cfg.loss, evals, eval_named, cfg.arguments.eval_strategy != "no")
+    multi.check_prompts(cfg.arguments.prompts, *prompt_columns(data, {n: s.columns for n, s in train.items()},
+                                                                  {n: s.columns for n, s in evals.items()}))
     catalogue.check_evaluator(cfg.evaluator.name, cfg.evaluator.kwargs, family=family)
-    _check_hard_negatives(cfg.data.hard_negatives, "data.hard_negatives")
+    multi.check_hard_negatives(cfg.data.hard_negatives, "data.hard_negatives")
     _check_evaluator_mining(cfg.evaluator)
     reads_rows = cfg.evaluator.name is not None and catalogue.evaluator_columns(family)[cfg.evaluator.name]
     if reads_rows and cfg.evaluator.data is None and cfg.data.eval is None:
         raise ConfigError("config key 'evaluator.data': the evaluator needs rows; set evaluator.data or data.eval")
-    if cfg.evaluator.data is not None:
+    if reads_rows and cfg.evaluator.data is None and eval_named:
+        raise ConfigError(f"config key 'evaluator.data': data.eval holds several datasets {list(evals)}; set "
+                          f"evaluator.data to the name of the one the evaluator reads, or to a source")
+    if cfg.evaluator.data is not None and not (eval_named and cfg.evaluator.data in evals):
         cfg = dataclasses.replace(cfg, evaluator=dataclasses.replace(
-            cfg.evaluator, data=_check_source(cfg.evaluator.data, cfg.data.format, "evaluator.data", base_dir)))
+            cfg.evaluator, data=multi.check_source(cfg.evaluator.data, cfg.data.format, "evaluator.data", base_dir)))
     if cfg.mesh.topology is not None:
         topo = get_topology(cfg.mesh.topology)
         mesh_shape(cfg.mesh, topo.devices)  # the mesh must fit the topology it names
@@ -184,18 +121,9 @@ def _check_model(m):
     return m
 
 
-def _check_hard_negatives(hn, key: str) -> None:
-    if hn.model is None:
-        if hn.min_label is not None or hn.kwargs:
-            raise ConfigError(f"config key '{key}.model': set the bi-encoder that mines the negatives (e.g. "
-                              f"all-MiniLM-L6-v2), or remove {key}")
-        return
-    catalogue.check_mining(hn.kwargs, f"{key}.kwargs")
-
-
 def _check_evaluator_mining(e, key: str = "evaluator.hard_negatives") -> None:
     """Mined evaluator rows become CrossEncoderRerankingEvaluator samples (n-tuples: query, positive, documents)."""
-    _check_hard_negatives(e.hard_negatives, key)
+    multi.check_hard_negatives(e.hard_negatives, key)
     if e.hard_negatives.model is None:
         return
     if e.name != "CrossEncoderRerankingEvaluator":
@@ -207,7 +135,15 @@ def _check_evaluator_mining(e, key: str = "evaluator.hard_negatives") -> None:
                           f"'n-tuple' rows, got {fmt!r}; remove it")
 
 
-def _check_data(d, base_dir):
+def _check_data(raw, base_dir) -> DataConfig:
+    """The ``data`` section: its own keys, then ``train``/``eval`` in any of their forms (multi.py), each
+    spec completed from the section."""
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        train, ev = raw.pop("train", None), raw.pop("eval", None)
+    else:
+        train = ev = None
+    d = from_dict(DataConfig, raw, "data")
     if d.format not in DATA_FORMATS:
         raise ConfigError(f"config key 'data.format': {d.format!r} is not supported; "
                           f"allowed values: {list(DATA_FORMATS)}")
@@ -215,24 +151,27 @@ def _check_data(d, base_dir):
         v = getattr(d, k)
         if v is not None and v < 1:
             raise ConfigError(f"config key 'data.{k}' must be >= 1, got {v}")
-    return dataclasses.replace(d, train=_check_source(d.train, d.format, "data.train", base_dir),
-                               eval=_check_source(d.eval, d.format, "data.eval", base_dir))
+    return dataclasses.replace(d, train=multi.parse_datasets(train, "train", d, base_dir),
+                               eval=multi.parse_datasets(ev, "eval", d, base_dir))
 
 
-def _check_source(src, fmt, key, base_dir):
-    """A local source resolved against the config's directory; hub ids pass through."""
-    if src is None or src == "quickstart" or fmt in ("hub", "quickstart"):
-        return src
-    path = os.path.expanduser(src)
-    if not os.path.isabs(path) and base_dir and not os.path.exists(path):
-        path = os.path.join(base_dir, path)
-    if os.path.exists(path):
-        return os.path.abspath(path)
-    looks_like_hub_id = fmt == "auto" and src.count("/") == 1 and not src.startswith((".", "/", "~"))
-    if looks_like_hub_id and not os.path.splitext(src)[1]:
-        return src
-    raise ConfigError(f"config key {key!r}: {src!r} does not exist; give a file (.csv/.tsv/.jsonl/.json/.parquet), "
-                      "an STS-B directory, 'quickstart', or a hub dataset id with data.format: hub")
+def loss_items(loss) -> list[tuple[str, LossConfig]]:
+    """``[(config key, LossConfig)]``: ``[("loss", one)]``, or one ``("loss.NAME", ...)`` per dataset."""
+    return [(f"loss.{n}", lo) for n, lo in loss.items()] if isinstance(loss, dict) else [("loss", loss)]
+
+
+def prompt_columns(data: DataConfig, train: dict, evals: dict) -> tuple[dict, list]:
+    """``(named, unnamed)`` for :func:`multi.check_prompts`: named datasets' ``{name: columns}`` (train and eval
+    datasets of one name pool their columns) and the unnamed datasets' columns (None: not known yet)."""
+    named, unnamed = {}, []
+    for value, cols in ((data.train, train), (data.eval, evals)):
+        if not isinstance(value, dict):
+            unnamed += list(cols.values())
+            continue
+        for n, c in cols.items():
+            both = named.get(n, ())
+            named[n] = None if c is None or both is None else list(dict.fromkeys([*both, *c]))
+    return named, unnamed
 
 
 def load_config(path, overrides=()) -> RunConfig:

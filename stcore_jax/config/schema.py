@@ -46,16 +46,50 @@ class HardNegativesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset of a ``data.train`` / ``data.eval`` given as a mapping (see :class:`DataConfig`).
+
+    Every key left out (null) takes the ``data`` section's value: ``format``, ``subset``, ``columns``,
+    ``score_scale``, ``hard_negatives`` as named there, ``split`` from ``train_split`` / ``eval_split``,
+    ``max_rows`` from ``max_train_rows`` / ``max_eval_rows``. After checking, every field holds the value
+    the dataset is loaded with (``path`` absolute where local).
+    """
+
+    path: str | None = None  # required: a file, an STS-B directory, "quickstart" or a hub dataset id
+    format: str | None = None
+    subset: str | None = None
+    split: str | None = None
+    columns: list | None = None
+    max_rows: int | None = None
+    score_scale: float | None = None
+    hard_negatives: HardNegativesConfig | None = None  # training datasets only
+
+
+DATASET_KEYS = tuple(f.name for f in dataclasses.fields(DatasetConfig))
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Training / evaluation rows.
 
-    ``train`` and ``eval`` are a file (``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet``), an STS
-    benchmark directory (``sts-train.csv`` …), ``"quickstart"`` (the embedded help-desk pairs), or a
-    hub dataset id (online). ``columns`` keeps and orders columns (inputs first, label last).
+    ``train`` and ``eval`` are each one of:
+
+    - a source (as before): a file (``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet``), an STS benchmark
+      directory (``sts-train.csv`` …), ``"quickstart"`` (the embedded help-desk pairs), or a hub dataset id
+      (online), read with the section's keys below;
+    - one dataset spec, a mapping of :class:`DatasetConfig` keys (``{path: ..., split: ..., columns: ...}``);
+    - several named datasets, a mapping ``{name: source or spec}`` (the trainer's dict of datasets: a loss,
+      prompts and eval loss per name; ``arguments.multi_dataset_batch_sampler`` mixes them).
+
+    A mapping that has any :class:`DatasetConfig` key is one spec, otherwise it names datasets; so a dataset
+    cannot be named ``path``, ``split``, ... (a mapping mixing both is refused, naming the keys).
+    ``columns`` keeps and orders columns (inputs first, label last). After checking, ``train``/``eval`` hold a
+    source (str), a :class:`DatasetConfig` or a dict name -> :class:`DatasetConfig`; :meth:`datasets` gives
+    each as specs.
     """
 
-    train: str | None = None
-    eval: str | None = None
+    train: Any = None  # str | DatasetConfig | dict[str, DatasetConfig] | None
+    eval: Any = None
     format: str = "auto"  # auto | stsb | csv | tsv | json | parquet | hub | quickstart
     subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
     train_split: str = "train"  # split (hub datasets / STS-B directories)
@@ -65,6 +99,28 @@ class DataConfig:
     max_eval_rows: int | None = None
     score_scale: float | None = None  # divide the label by this (e.g. 5.0 for raw STS-B scores)
     hard_negatives: HardNegativesConfig = dataclasses.field(default_factory=HardNegativesConfig)  # train rows
+
+    def spec(self, which: str, entry: DatasetConfig | None = None) -> DatasetConfig:
+        """``entry`` (default: an empty one) with every unset key taken from this section, for ``which``
+        (``"train"`` or ``"eval"``); a str ``train``/``eval`` is such an empty entry with its path."""
+        entry = entry or DatasetConfig()
+        inherited = {"format": self.format, "subset": self.subset, "columns": self.columns,
+                     "score_scale": self.score_scale,
+                     "split": self.train_split if which == "train" else self.eval_split,
+                     "max_rows": self.max_train_rows if which == "train" else self.max_eval_rows,
+                     "hard_negatives": self.hard_negatives if which == "train" else HardNegativesConfig()}
+        return dataclasses.replace(entry, **{k: v for k, v in inherited.items() if getattr(entry, k) is None})
+
+    def datasets(self, which: str) -> tuple[dict[str, DatasetConfig], bool]:
+        """``({name: spec}, is_dict)`` of ``train`` or ``eval``: one unnamed dataset is ``{which: spec}``
+        (the trainer's own name for it), ``{}`` when not configured."""
+        value = getattr(self, which)
+        if value is None:
+            return {}, False
+        if isinstance(value, dict):
+            return dict(value), True
+        one = value if isinstance(value, DatasetConfig) else self.spec(which, DatasetConfig(path=value))
+        return {which: one}, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +168,8 @@ class MeshConfig:
 class RunConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    # one loss for every training dataset, or {dataset name: LossConfig} (exactly data.train's names)
+    loss: Any = dataclasses.field(default_factory=LossConfig)
     arguments: SentenceTransformerTrainingArguments = dataclasses.field(
         default_factory=lambda: SentenceTransformerTrainingArguments(output_dir="output"))
     evaluator: EvaluatorConfig = dataclasses.field(default_factory=EvaluatorConfig)

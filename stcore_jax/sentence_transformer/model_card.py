@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 
-from stcore_jax.base.model_card import guess_base_model
+from stcore_jax.base.model_card import copy_training_curve, guess_base_model
 from stcore_jax.training.callbacks import TrainerCallback
 
 
@@ -39,6 +39,7 @@ class SentenceTransformerModelCardData:
     non_default_hyperparameters: dict = dataclasses.field(default_factory=dict)
     eval_results: dict = dataclasses.field(default_factory=dict)  # (class, name) -> metrics
     training_logs: list = dataclasses.field(default_factory=list)
+    training_curve: str | None = None  # the loss plot of the last training run (training/plots.py)
 
     def set_evaluation_metrics(self, evaluator, metrics: dict, epoch: int = 0, step: int = 0) -> None:
         """Called by every evaluator; the latest results of each evaluator are reported."""
@@ -209,9 +210,10 @@ def _datasets_section(title, infos, card) -> list[str]:
     return out
 
 
-def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER) -> str:
+def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER, training_curve: str | None = None) -> str:
     """Markdown for ``model`` (a stcore_jax SentenceTransformer, or a SparseEncoder with ``text=SPARSE_ENCODER``)
-    and its ``model_card_data``."""
+    and its ``model_card_data``; ``training_curve``: a loss plot's file name beside the README, shown above the
+    training-log table."""
     card = getattr(model, "model_card_data", None)
     if card is None:
         card = SentenceTransformerModelCardData()
@@ -258,7 +260,7 @@ def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER) -> str:
             prefix = f"{ev_name}_" if ev_name else ""
             out += [f"| {k[len(prefix):] if k.startswith(prefix) else k} | {_fmt(v)} |" for k, v in metrics.items()]
             out.append("")
-    if card.train_dataset_info or card.non_default_hyperparameters or card.training_logs:
+    if card.train_dataset_info or card.non_default_hyperparameters or card.training_logs or training_curve:
         out += ["## Training Details", ""]
         out += _datasets_section("Training", card.train_dataset_info, card)
         out += _datasets_section("Evaluation", card.eval_dataset_info, card)
@@ -267,13 +269,17 @@ def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER) -> str:
             out += [f"- `{k}`: {v}" for k, v in card.non_default_hyperparameters.items()]
             out.append("")
         train_logs = [r for r in card.training_logs if "loss" in r or any(k.startswith("eval_") for k in r)]
+        if train_logs or training_curve:
+            out += ["### Training Logs", ""]
+        if training_curve:
+            out += [f"![Training loss]({training_curve})", ""]
         if train_logs:
             def shown(k):
                 return k == "loss" or (k.startswith("eval_") and not k.endswith(("runtime", "_per_second")))
 
             cols = ["epoch", "step"] + [k for k in dict.fromkeys(k for r in train_logs for k in r) if shown(k)]
             header = " | ".join("Training Loss" if c == "loss" else c for c in cols)
-            out += ["### Training Logs", "", "| " + header + " |", "|" + "|".join(":--" for _ in cols) + "|"]
+            out += ["| " + header + " |", "|" + "|".join(":--" for _ in cols) + "|"]
             out += ["| " + " | ".join(_fmt(r[c]) if c in r and r[c] is not None else "-" for c in cols) + " |"
                     for r in train_logs]
             out.append("")
@@ -282,5 +288,8 @@ def render_model_card(model, text: CardText = SENTENCE_TRANSFORMER) -> str:
 
 
 def write_model_card(model, directory: str, text: CardText = SENTENCE_TRANSFORMER) -> None:
+    """``directory/README.md``; after training, with the loss plot copied beside it and linked."""
+    curve = copy_training_curve(getattr(getattr(model, "model_card_data", None), "training_curve", None),
+                                directory)
     with open(os.path.join(directory, "README.md"), "w", encoding="utf-8") as f:
-        f.write(render_model_card(model, text))
+        f.write(render_model_card(model, text, training_curve=curve))

@@ -40,6 +40,7 @@ from stcore_jax.training.logs import LogWindow
 from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.nonfinite import stop_on_nonfinite, warn_skipped
 from stcore_jax.training.optim import freeze_params, make_optimizer
+from stcore_jax.training.plots import TrainingPlotsCallback
 from stcore_jax.training.preemption import PreemptionGuard, TrainingInterrupted, interrupted_message
 from stcore_jax.training.samplers import accumulation_groups
 from stcore_jax.training.sharding import data_parallel_size, gather_to_host, sharded_train_state
@@ -101,7 +102,7 @@ class Trainer(DataFeed, CallbackHandler):
         self._fit_batch_geometry()  # length buckets, or sequence packing (feed.py)
         # -- callbacks and the loop state --------------------------------------------------------
         self.callbacks: list[TrainerCallback] = [JsonLinesLogger(), *integration_callbacks(args.report_to),
-                                                 *task.callbacks(self)]
+                                                 TrainingPlotsCallback(), *task.callbacks(self)]
         for cb in callbacks or []:
             self.add_callback(cb)
         self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())
