@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stcore_jax.base import model_card as mc
 from stcore_jax.base.load import load_st_config
 from stcore_jax.base.model import BaseModel
 from stcore_jax.cross_encoder import activation as act
@@ -340,8 +341,9 @@ class CrossEncoder(BaseModel):
         card = self.model_card_data
         if model_name and not os.path.exists(model_name) and card is not None and not card.model_id:
             card.model_id = model_name
+        curve = mc.copy_training_curve(getattr(card, "training_curve", None), path)  # the loss plot, linked
         try:
-            text = generate_model_card(self)
+            text = generate_model_card(self, training_curve=curve)
         except Exception:  # noqa: BLE001 (as the reference: a card that fails to render must not fail the save)
             logger.exception("Error while generating the model card; README.md is not written")
             return

@@ -98,6 +98,7 @@ class CrossEncoderModelCardData:
     best_model_step: int | None = dataclasses.field(default=None, init=False)
     datasets: list[str] = dataclasses.field(default_factory=list, init=False, repr=False)  # Hub dataset ids
     similarities: str | None = dataclasses.field(default=None, init=False, repr=False)
+    training_curve: str | None = dataclasses.field(default=None, init=False, repr=False)  # training/plots.py
     evaluation_duration: float = dataclasses.field(default=0.0, init=False, repr=False)
     training_start_time: float | None = dataclasses.field(default=None, init=False, repr=False)
     pipeline_tag: str | None = dataclasses.field(default=None, init=False)
@@ -390,8 +391,9 @@ class CrossEncoderModelCardCallback(TrainerCallback):
         return card.training_logs[-1]
 
 
-def generate_model_card(model) -> str:
-    """The README.md text for ``model`` (a CrossEncoder) from its ``model_card_data``."""
+def generate_model_card(model, training_curve: str | None = None) -> str:
+    """The README.md text for ``model`` (a CrossEncoder) from its ``model_card_data``; ``training_curve``: a loss
+    plot's file name beside the README, shown under "Training Logs"."""
     from stcore_jax.cross_encoder.model_card_render import render
 
     card = model.model_card_data
@@ -399,4 +401,4 @@ def generate_model_card(model) -> str:
         card = model.model_card_data = CrossEncoderModelCardData()
     if card.model is not model:
         card.register_model(model)
-    return render(card.to_dict())
+    return render({**card.to_dict(), "training_curve": training_curve})

@@ -249,9 +249,12 @@ def _hyperparameters(v) -> str:
 
 def _logs_and_times(v) -> str:
     out = ""
+    curve = f"![Training loss]({v['training_curve']})\n\n" if v.get("training_curve") else ""
+    if curve and not v.get("eval_lines"):
+        out += "\n### Training Logs\n" + curve
     if v.get("eval_lines"):
         hide = v["hide_eval_lines"]
-        out += "\n### Training Logs\n" + ("<details><summary>Click to expand</summary>\n\n" if hide else "")
+        out += "\n### Training Logs\n" + curve + ("<details><summary>Click to expand</summary>\n\n" if hide else "")
         out += v["eval_lines"]
         out += "\n* The bold row denotes the saved checkpoint." if v["explain_bold_in_eval"] else ""
         out += ("\n</details>" if hide else "") + "\n"

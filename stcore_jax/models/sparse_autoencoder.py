@@ -8,9 +8,12 @@ standardises ``x`` per row first (mean 0, unbiased std 1) and undoes it on the r
 Inference (the default) computes the latents only. Training outputs (what :mod:`stcore_jax.sparse_encoder.losses.csr`
 consumes) are computed when the features carry the dead-latent state under :data:`STATE_KEY`: the key's presence is
 static under ``jit``, so the trainer asks for them by threading the state, and gets the updated state back under
-the same key. The state, ``stats_last_nonzero`` (int [hidden]: training forward passes since each latent last
-fired), is no parameter (no gradient, no optimizer): :func:`update_stats_last_nonzero` is its pure update, and the
-module keeps the value it was loaded or saved with (``module.stats_last_nonzero``).
+the same key. Two optional keys qualify the update: :data:`ROW_MASK_KEY` (bool [B], the real rows of a padded
+batch: padding rows fire no latent) and :data:`UPDATE_KEY` (a Python bool, default True; False: the reference's
+``eval()``/``no_grad`` forward of an evaluation loss, the state read, not changed). The state,
+``stats_last_nonzero`` (int [hidden]: training forward passes since each latent last fired), is no parameter
+(no gradient, no optimizer): :func:`update_stats_last_nonzero` is its pure update, and the module keeps the value
+it was loaded or saved with (``module.stats_last_nonzero``; the trainer writes the trained counts back to it).
 
 Parameters: ``{"encoder": {"kernel": W^T [in, hidden]}, "pre_bias": [in], "latent_bias": [hidden]}``; names
 (``optim.param_names``) ``{i}.encoder.weight``, ``{i}.pre_bias``, ``{i}.latent_bias``, as the reference's, and weight
@@ -33,6 +36,10 @@ from stcore_jax.models.module import Module, ensure_dir, read_json, write_json
 
 #: The features key of the dead-latent state ([hidden] int32): present -> training outputs and the updated state.
 STATE_KEY = "sae_stats_last_nonzero"
+#: Optional features key with STATE_KEY: bool [B], the rows whose top-k updates the state (a padded batch's real rows).
+ROW_MASK_KEY = "sae_row_mask"
+#: Optional features key with STATE_KEY: a Python bool, whether the forward updates the state (default True).
+UPDATE_KEY = "sae_update_state"
 #: The training outputs, as the reference names them (the CSR losses read the ``decoded_*`` ones and the backbone).
 TRAIN_OUTPUT_KEYS = ("sentence_embedding_backbone", "sentence_embedding_encoded", "sentence_embedding_encoded_4k",
                      "auxiliary_embedding", "decoded_embedding_k", "decoded_embedding_4k", "decoded_embedding_aux",
@@ -179,7 +186,8 @@ class SparseAutoEncoder(Module):
 
     def apply(self, params, features, *, dropout_key=None):
         """``sentence_embedding`` [B, input_dim] -> [B, hidden_dim] latents; with ``features[STATE_KEY]`` also the
-        training outputs and the updated state (module docstring)."""
+        training outputs and the updated state (module docstring; ``features[ROW_MASK_KEY]`` and
+        ``features[UPDATE_KEY]`` qualify the update)."""
         features = dict(features)
         x = features["sentence_embedding"].astype(jnp.float32)
         if STATE_KEY not in features:
@@ -189,7 +197,8 @@ class SparseAutoEncoder(Module):
         self._check_k(max(4 * self.k, self.k_aux))
         outputs, features[STATE_KEY] = sae_train_outputs(
             params, x, features[STATE_KEY], k=self.k, k_aux=self.k_aux, normalize=self.normalize,
-            dead_threshold=self.dead_threshold)
+            dead_threshold=self.dead_threshold, row_mask_b=features.get(ROW_MASK_KEY),
+            update_state=bool(features.get(UPDATE_KEY, True)))
         features.update(outputs)
         return features
 

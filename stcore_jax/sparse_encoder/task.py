@@ -10,21 +10,64 @@ family's differences:
 - SpladeLoss's regulariser warm-up, a pure function of the optimizer step evaluated inside the compiled step
   (``uses_step``; its schedule from a :class:`SpladeRegularizerWeightSchedulerCallback` passed for that loss, the
   reference's defaults otherwise), where the reference mutates the loss at each step begin;
-- :meth:`regularizer_weights_to_log`, the weights the reference's callback adds to each training log.
+- :meth:`regularizer_weights_to_log`, the weights the reference's callback adds to each training log;
+- CSR models (a dense encoder + :class:`~stcore_jax.models.sparse_autoencoder.SparseAutoEncoder`) trained with
+  CSRLoss (``needs_outputs``): the reference's ``CSRLoss.forward`` runs ``model(features)`` once per column, in
+  column order, and each training forward updates the autoencoder's dead-latent buffer ``stats_last_nonzero`` (after
+  its top-k and again after its top-4k; the auxiliary latents of a column read the counts as that column's top-k
+  left them). So the columns are NOT merged into one forward here: :func:`csr_column_outputs` runs them one by one
+  with the state threaded through (the model state of training/step.py, ``{"<SAE index>": int32 [H]}``), the trainer's
+  padding rows masked out of the update, and the per-row dropout keys of ``row_keys``. Evaluation (no dropout key)
+  reads the state without advancing it, as the reference's ``eval()``/``no_grad`` forward. One top-level
+  SparseAutoEncoder per model (the features carry one state); sequence packing and GradCache base losses are refused.
 """
 
 from __future__ import annotations
 
 import logging
 
+import jax.numpy as jnp
+import numpy as np
+
+from stcore_jax.base.loss import InputKind
+from stcore_jax.models.router import Router
+from stcore_jax.models.sparse_autoencoder import ROW_MASK_KEY, STATE_KEY, UPDATE_KEY, SparseAutoEncoder
+from stcore_jax.sentence_transformer.losses.columns import batch_size, row_keys
+from stcore_jax.sentence_transformer.losses.embed import loss_context
 from stcore_jax.sentence_transformer.model_card import ModelCardCallback
-from stcore_jax.sentence_transformer.task import SentenceTransformerTask, apply_loss
+from stcore_jax.sentence_transformer.task import SentenceTransformerTask, _loss_params, _total, apply_loss
 from stcore_jax.sparse_encoder.callbacks import SpladeRegularizerWeightSchedulerCallback
 from stcore_jax.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss, validate_sparse_loss
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_SCHEDULE = {"warmup_ratio": 1 / 3, "scheduler_type": "quadratic"}
+
+
+def csr_column_outputs(forward, params, columns, state, *, dropout_key, mask, update: bool):
+    """Each column's training forward, in column order, the autoencoder's state threaded from one to the next (the
+    reference's ``[model(f) for f in sentence_features]``).
+
+    Args:
+      forward: the model's ``forward(params, features, dropout_key=...)``.
+      params: the model's parameters.
+      columns: one feature dict per column (``input_ids`` ``[B, T]``, ...).
+      state: the dead-latent counts, int32 ``[H]``.
+      dropout_key: the step's key (per-row keys ``row_keys(dropout_key, c, arange(B))``), or None.
+      mask: ``[B]`` bool, the batch's real rows (padding rows fire no latent), or None.
+      update: whether the forwards advance the state (False: evaluation).
+
+    Returns:
+      ``(outputs, state)``: per column the forward's features (the autoencoder's training outputs), and the state
+      after the last column.
+    """
+    outputs = []
+    for c, feats in enumerate(columns):
+        keys = row_keys(dropout_key, c, jnp.arange(batch_size(feats)))
+        out = forward(params, {**feats, STATE_KEY: state, ROW_MASK_KEY: mask, UPDATE_KEY: update}, dropout_key=keys)
+        state = out[STATE_KEY]
+        outputs.append(out)
+    return outputs, state
 
 
 class SparseEncoderTask(SentenceTransformerTask):
@@ -34,6 +77,7 @@ class SparseEncoderTask(SentenceTransformerTask):
     def __init__(self, model, args, schedulers=()):
         super().__init__(model, args)
         self.schedulers = list(schedulers)
+        self.trains_csr = False  # a loss needs the autoencoder's outputs (set by check_losses)
 
     # -- losses --------------------------------------------------------------------------------
     def default_loss(self):
@@ -50,10 +94,8 @@ class SparseEncoderTask(SentenceTransformerTask):
             except ValueError as e:
                 raise ValueError(f"The loss for dataset {name!r}: {e}") from None
             if getattr(loss, "needs_outputs", False):
-                raise NotImplementedError(
-                    f"The loss for dataset {name!r} ({type(loss).__name__}) trains a CSR model from its "
-                    f"SparseAutoEncoder outputs, which the stcore_jax SparseEncoderTrainer does not route yet; train a "
-                    f"SPLADE model with SpladeLoss")
+                self._check_csr(name, loss)
+                self.trains_csr = True
         for cb in self.schedulers:
             if not any(cb.loss is lo for lo in losses.values()):
                 raise ValueError("A SpladeRegularizerWeightSchedulerCallback was given for a loss the trainer does not "
@@ -63,6 +105,38 @@ class SparseEncoderTask(SentenceTransformerTask):
                            "SpladeRegularizerWeightSchedulerCallback to gradually increase weight values from 0 to "
                            "their maximum.")
         super().check_losses(losses)
+
+    def _sae_index(self) -> str | None:
+        """The model's top-level SparseAutoEncoder's index (the key of its parameters and of its model state)."""
+        found = [str(i) for i, m in enumerate(self.model.modules) if isinstance(m, SparseAutoEncoder)]
+        return found[0] if len(found) == 1 else None
+
+    def _check_csr(self, name, loss) -> None:
+        """What a CSRLoss run needs: one top-level SparseAutoEncoder, its columns embedded one forward each (no
+        sequence packing, no GradCache base loss, last-layer embeddings)."""
+        what = f"The loss for dataset {name!r} ({type(loss).__name__})"
+        nested = [m for m in self.model.modules if isinstance(m, Router)
+                  and any(isinstance(sub, SparseAutoEncoder) for sub in m.modules.values())]
+        count = sum(isinstance(m, SparseAutoEncoder) for m in self.model.modules)
+        if nested or count != 1:
+            where = "inside a Router" if nested else f"{count} at the top level"
+            raise ValueError(f"{what} trains a CSR model: it needs exactly one SparseAutoEncoder in the model's "
+                             f"module list (a dense encoder, Pooling, SparseAutoEncoder), found {where}")
+        spec = loss.inputs
+        if spec.mini_batch_size is not None or spec.guide is not None or spec.kind is not InputKind.EMBEDDINGS:
+            raise ValueError(f"{what} runs every column's forward itself (the autoencoder's dead-latent counts advance "
+                             f"column by column) and passes the sparse embeddings to {type(loss.loss).__name__}, "
+                             "which needs GradCache mini-batches, a guide model or per-layer embeddings; wrap a plain "
+                             "embedding loss such as SparseMultipleNegativesRankingLoss")
+        if self.args.sequence_packing is True:
+            raise ValueError(f"sequence_packing=True, but {what} runs each column's forward separately (the "
+                             "autoencoder's dead-latent counts advance column by column) and cannot take a "
+                             "sequence-packed batch. Train with sequence_packing=None or False.")
+
+    def packing_obstacles(self, losses: dict) -> list[str]:
+        reasons = super().packing_obstacles(losses)
+        return reasons + [f"loss {type(lo).__name__} of dataset {n!r} runs each column's forward separately (CSR)"
+                          for n, lo in losses.items() if getattr(lo, "needs_outputs", False)]
 
     def _scheduler(self, loss) -> SpladeRegularizerWeightSchedulerCallback | None:
         return next((cb for cb in self.schedulers if cb.loss is loss), None)
@@ -76,6 +150,8 @@ class SparseEncoderTask(SentenceTransformerTask):
         return cb.schedule() if cb is not None else dict(_DEFAULT_SCHEDULE)
 
     def objective(self, loss, *, loss_key, num_shards, model=None):
+        if getattr(loss, "needs_outputs", False):
+            return self._csr_objective(loss, loss_key=loss_key, num_shards=num_shards, model=model)
         schedule = self.warmup_schedule(loss)
         if schedule is None or self.total_steps is None:  # not training: the constructor's weights
             return super().objective(loss, loss_key=loss_key, num_shards=num_shards, model=model)
@@ -88,6 +164,42 @@ class SparseEncoderTask(SentenceTransformerTask):
 
         objective.uses_step = True
         return objective
+
+    def _csr_objective(self, loss, *, loss_key, num_shards, model=None):
+        """CSRLoss's objective (``uses_model_state``): the columns through :func:`csr_column_outputs`, then
+        ``loss.compute_loss_from_outputs``; its components are logged as SpladeLoss's are. The state advances when
+        there is a dropout key (training), and is only read without one (evaluation)."""
+        forward = (model if model is not None else self.compute_model()).forward
+        index = self._sae_index()
+        if index is None:
+            raise ValueError(f"{type(loss).__name__} needs a model with one top-level SparseAutoEncoder")
+        sae = self.model.modules[int(index)]
+
+        def objective(trainable, batch, key, model_state):
+            state = model_state.get(index)
+            if state is None:  # a loss evaluated outside training: the module's own counts
+                state = sae.initial_state()
+            outputs, state = csr_column_outputs(forward, trainable["model"], batch["columns"], state,
+                                                dropout_key=key, mask=batch["mask"], update=key is not None)
+            ctx = loss_context(loss, mask=batch["mask"], num_shards=num_shards,
+                               loss_params=_loss_params(trainable, loss_key), dropout_key=key)
+            total, comps = _total(loss.compute_loss_from_outputs(outputs, batch.get("label"), **ctx))
+            return total, (comps, {**model_state, index: state})
+
+        objective.uses_model_state = True
+        return objective
+
+    def initial_model_state(self) -> dict:
+        """``{"<index>": int32 [H]}``, the SparseAutoEncoder's dead-latent counts as the module holds them, when a
+        loss trains them (CSRLoss); ``{}`` otherwise (a SPLADE run's train state is unchanged)."""
+        index = self._sae_index()
+        if not self.trains_csr or index is None:
+            return {}
+        return {index: self.model.modules[int(index)].initial_state()}
+
+    def set_model_state(self, model_state: dict) -> None:
+        for index, stats in model_state.items():
+            self.model.modules[int(index)].stats_last_nonzero = np.asarray(stats, np.int32)
 
     def regularizer_weights_to_log(self, losses: dict, global_step: int) -> dict:
         """The regulariser weights the last optimizer step (``global_step - 1``) trained with, as the reference's

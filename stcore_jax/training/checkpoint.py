@@ -1,6 +1,6 @@
 """Checkpoints: ``output_dir/checkpoint-{step}/`` = the sentence-transformers export + ``state/`` (orbax:
-params, optimizer state, step) + ``trainer_state.json`` (epoch, position in the data, log history,
-best metric).
+params, optimizer state, step, and the model state when the family declares one, e.g. a SparseAutoEncoder's
+dead-latent counts) + ``trainer_state.json`` (epoch, position in the data, log history, best metric).
 
 Crash safety. A checkpoint is assembled in ``checkpoint-{step}.partial``: the export, then the orbax
 state (orbax writes it asynchronously into its own temporary directory and renames it to ``state/``

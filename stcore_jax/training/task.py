@@ -15,7 +15,11 @@ implements this class to supply everything that does:
   callbacks it brings (e.g. the model card).
 
 Contract with the model: ``task.model.params`` is the model's parameter pytree; the loop trains it as
-``state["trainable"]["model"]`` and writes the live arrays back to ``model.params`` after every step.
+``state["trainable"]["model"]`` and writes the live arrays back to ``model.params`` after every step. A model
+with state that its training forward updates but no optimizer trains (a SparseAutoEncoder's dead-latent
+counts) declares it in :meth:`Task.initial_model_state`; the loop keeps it in ``state["model_state"]``
+(replicated, checkpointed) and hands it back through :meth:`Task.set_model_state` wherever it writes the
+parameters back for an export, an evaluator or the end of training.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def objective(self, loss, *, loss_key: str | None, num_shards: int, model=None) -> Objective:
-        """The function the step differentiates: ``objective(trainable, batch, key) -> (loss, aux)``.
+        """The function the step differentiates: ``objective(trainable, batch, key) -> (loss, aux)`` (with the
+        ``uses_step`` / ``uses_model_state`` forms of training/step.py).
 
         ``trainable = {"model": params, "loss": {name: loss params}}`` (``loss_key``: this loss's entry,
         ``None`` for the whole ``trainable["loss"]``); ``batch`` a collated batch as device arrays; ``key``
@@ -148,6 +153,16 @@ class Task(abc.ABC):
         raise NotImplementedError
 
     # -- the model -----------------------------------------------------------------------------
+    def initial_model_state(self) -> dict:
+        """The model's non-parameter training state (a pytree of arrays; ``{}``: none), read by objectives that
+        ``uses_model_state``. Called when the train state is built, after :meth:`check_losses`."""
+        return {}
+
+    def set_model_state(self, model_state: dict) -> None:
+        """Write a trained ``model_state`` (host numpy arrays, shaped as :meth:`initial_model_state`) back to the
+        model, so that its export and evaluators see it."""
+        return None
+
     def compute_model(self):
         """What the compiled steps run (e.g. a bfloat16 view of the model for ``bf16=True``)."""
         return self.model

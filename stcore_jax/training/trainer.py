@@ -168,6 +168,11 @@ class Trainer(DataFeed, CallbackHandler):
             logger.info("Trainable parameters: %d of %d (%.2f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))
         self.schedule = schedule
         state, self.state_shardings = sharded_train_state(trainable, tx, self.mesh, self.args.fsdp_min_size)
+        model_state = self.task.initial_model_state()
+        if model_state:  # only then: other families' states (and checkpoints) keep their layout
+            replicated = NamedSharding(self.mesh, P())
+            self.state_shardings["model_state"] = jax.tree_util.tree_map(lambda _: replicated, model_state)
+            state["model_state"] = jax.device_put(model_state, self.state_shardings["model_state"])
         return tx, state
 
     def _loss_param_key(self, loss):
@@ -184,6 +189,13 @@ class Trainer(DataFeed, CallbackHandler):
         """The model's parameters from ``state`` for export and the evaluator (collective: arrays sharded
         across processes are gathered to the host; on one process they stay as they are)."""
         return gather_to_host(state["trainable"]["model"])
+
+    def _set_model(self, state):
+        """Write ``state``'s parameters, and the task's model state if it has one, back to the model (for an
+        export, the evaluator, the end of training; collective, as :meth:`_model_params`)."""
+        self.model.params = self._model_params(state)
+        if "model_state" in state:
+            self.task.set_model_state(jax.device_get(gather_to_host(state["model_state"])))
 
     def _build_steps(self, tx):
         """One jitted step per loss: the state keeps ``self.state_shardings`` in and out (donated), so XLA
@@ -204,7 +216,9 @@ class Trainer(DataFeed, CallbackHandler):
         name = inputs.get("dataset_name", next(iter(self.loss)))
         fn = make_eval_step(self._objective(self.loss[name], model=model))
         trainable = {"model": model.params, "loss": self._train_state["trainable"]["loss"] if self._train_state else {}}
-        out = fn(trainable, inputs, jnp.maximum(self._train_state["step"] - 1, 0) if self._train_state else 0)
+        model_state = self._train_state.get("model_state") if self._train_state else self.task.initial_model_state()
+        out = fn(trainable, inputs, jnp.maximum(self._train_state["step"] - 1, 0) if self._train_state else 0,
+                 model_state)
         return (out["loss"], {}) if return_outputs else out["loss"]
 
     # -- the loop ------------------------------------------------------------------------------
@@ -321,7 +335,7 @@ class Trainer(DataFeed, CallbackHandler):
             logger.info("Loaded best model from %s (%s=%s)", st.best_model_checkpoint, args.metric_for_best_model,
                         st.best_metric)
         self._train_state = state
-        self.model.params = self._model_params(state)
+        self._set_model(state)
         self.skipped_steps = int(state["skipped"])
         self._fire("on_train_end")
         if args.save_final_model:
@@ -366,7 +380,7 @@ class Trainer(DataFeed, CallbackHandler):
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_now(self, state):
         self._train_state = state
-        self.model.params = self._model_params(state)
+        self._set_model(state)
         metrics = self.evaluate()
         st = self.state
         st.last_eval_step = st.global_step
@@ -404,8 +418,10 @@ class Trainer(DataFeed, CallbackHandler):
                 # A step-dependent loss (SpladeLoss's warm-up) is evaluated as the last update trained it.
                 last = jnp.maximum(self._train_state["step"] - 1, 0)
                 fn = self._eval_step_fn(loss_of(name))
-                means, count = mean_eval_loss(lambda t, b, fn=fn: fn(t, b, last), self._train_state["trainable"],
-                                              len(ds), self.global_eval_batch, make_batch)
+                model_state = self._train_state.get("model_state")  # read, not advanced (training/step.py)
+                means, count = mean_eval_loss(lambda t, b, fn=fn, ms=model_state: fn(t, b, last, ms),
+                                              self._train_state["trainable"], len(ds), self.global_eval_batch,
+                                              make_batch)
                 n_rows += count
                 named = len(prepared) > 1 or self.eval_is_dict
                 prefix = f"{metric_key_prefix}_{name}_" if named else f"{metric_key_prefix}_"
@@ -429,7 +445,7 @@ class Trainer(DataFeed, CallbackHandler):
 
     # -- saving --------------------------------------------------------------------------------
     def _save(self, state):
-        self.model.params = self._model_params(state)  # the export inside the checkpoint
+        self._set_model(state)  # the export inside the checkpoint
         st, step = self.state, self.state.global_step
         path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{step}")
         if st.pending_best and st.last_eval_step == step:

@@ -331,3 +331,20 @@ def test_card_data_fields(ce_dirs):
     assert "- **Languages:** en, de" in text
     assert "print(scores.shape)\n# (3, 3)" in text  # no scores computed
     assert CrossEncoderModelCardData(model_id="no-org").model_id is None
+
+
+def test_card_links_the_training_curve(ce_dirs, tmp_path):
+    """After training (training/plots.py sets ``model_card_data.training_curve``), the save copies the loss plot
+    beside README.md and links it under "Training Logs"; a model never trained gets neither."""
+    model = CrossEncoder(ce_dirs[3])
+    model.save_pretrained(str(tmp_path / "plain"))
+    assert not (tmp_path / "plain" / "loss.png").exists()
+    assert "![Training loss]" not in (tmp_path / "plain" / "README.md").read_text(encoding="utf-8")
+    png = tmp_path / "run" / "loss.png"
+    png.parent.mkdir()
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
+    model.model_card_data.training_curve = str(png)
+    model.save_pretrained(str(tmp_path / "saved"))
+    text = (tmp_path / "saved" / "README.md").read_text(encoding="utf-8")
+    assert "### Training Logs\n![Training loss](loss.png)\n" in text
+    assert (tmp_path / "saved" / "loss.png").read_bytes() == png.read_bytes()

@@ -243,9 +243,11 @@ def test_bad_input_before_compiling(splade_dir, minilm_path, data, tmp_path):
                              loss=our_losses.SparseMultipleNegativesRankingLoss(model))
     with pytest.raises(ValueError, match="needs document_regularizer_weight"):
         our_losses.SpladeLoss(model, our_losses.SparseMultipleNegativesRankingLoss(model))
-    csr = SparseEncoder(minilm_path)  # a plain encoder: the reference's CSR build (Pooling + SparseAutoEncoder)
-    with pytest.raises(NotImplementedError, match="CSR model from its SparseAutoEncoder outputs"):
-        SparseEncoderTrainer(model=csr, args=args, train_dataset=data[0], loss=our_losses.CSRLoss(csr))
+    # CSRLoss trains a CSR model (tests/sparse_encoder/test_csr_training.py); a model without a SparseAutoEncoder
+    # (this directory loads as Transformer, Pooling, Normalize) is refused.
+    dense = SparseEncoder(minilm_path)
+    with pytest.raises(ValueError, match="CSRLoss.* needs exactly one SparseAutoEncoder .* found 0 at the top level"):
+        SparseEncoderTrainer(model=dense, args=args, train_dataset=data[0], loss=our_losses.CSRLoss(dense))
     # A learning_rate_mapping pattern that matches nothing names the parameter paths, before anything compiles.
     bad = SparseEncoderTrainingArguments(output_dir=str(tmp_path), learning_rate_mapping={r"SparseStaticEmbedding": 1e-3},
                                          max_steps=1, **OURS)
