@@ -59,6 +59,8 @@ SLOW_MODULES = {
     "cross_encoder/test_model.py": 80, "models/test_encode_api.py": 70, "training/test_fsdp.py": 66,
     "examples/test_sparse_encoder_examples.py": 90, "cli/test_sparse_encoder_config.py": 60,
     "sparse_encoder/test_sparse_evaluators.py": 50,
+    "sparse_encoder/test_csr_training.py": 130, "io/test_hub_roundtrip.py": 100,
+    "cli/test_multi_dataset_config.py": 60,
 }
 
 

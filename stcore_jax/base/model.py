@@ -294,6 +294,58 @@ class BaseModel(LoraAdapterMixin):
 
     save = save_pretrained
 
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    safe_serialization: bool = True, commit_message: str | None = None,
+                    local_model_path: str | None = None, exist_ok: bool = False, replace_model_card: bool = False,
+                    train_datasets: list[str] | None = None, revision: str | None = None,
+                    create_pr: bool = False) -> str:
+        """Upload the model to the Hugging Face Hub repo ``repo_id``, creating it (``private``) unless it exists
+        (an existing repo is an error unless ``exist_ok`` or ``create_pr``). As sentence-transformers: the model
+        is saved (``save_pretrained``, the model card's ``model_id`` set to the repo) into a temporary directory
+        and uploaded as one commit, or ``local_model_path`` is uploaded as it is; the model card is written only
+        if the repo has no README.md yet, unless ``replace_model_card``; ``revision`` is a branch (created from
+        ``main`` if missing); ``create_pr`` opens a pull request instead of committing to the branch.
+        ``train_datasets`` is accepted and ignored, as in sentence-transformers 6. Returns the commit's URL (the
+        pull request's with ``create_pr``)."""
+        import tempfile
+
+        from stcore_jax.io.hub import create_hub_repo, hub_file_exists, upload_folder
+
+        name = type(self).__name__
+        repo_id = create_hub_repo(repo_id, token=token, private=private, exist_ok=exist_ok or create_pr,
+                                  branch=revision)
+        card = self.model_card_data
+        if card is not None and hasattr(card, "set_model_id"):
+            card.set_model_id(repo_id)
+        elif card is not None and hasattr(card, "model_id"):
+            card.model_id = repo_id
+        commit_message = commit_message or f"Add new {name} model"
+        description = None
+        if create_pr:
+            description = (f"Hello!\n\nThis pull request has been automatically generated to add {name} "
+                           f"compatibility.\n\n## Full Model Architecture:\n```\n{self}\n```")
+        push = dict(repo_id=repo_id, commit_message=commit_message, token=token, revision=revision,
+                    create_pr=create_pr, commit_description=description)
+        if local_model_path:
+            info = upload_folder(local_model_path, **push)
+        else:
+            write_card = replace_model_card
+            if not write_card:
+                # Keep a card the repo already has; if we cannot tell, keep it too (never overwrite blindly).
+                try:
+                    write_card = not hub_file_exists(repo_id, "README.md", token=token, revision=revision)
+                except Exception as e:  # noqa: BLE001 - as the reference: warn and skip the card
+                    logger.warning("Could not check for an existing README.md on %r (%s: %s). Skipping model card "
+                                   "creation to avoid overwriting any existing card.", repo_id, type(e).__name__, e)
+            with tempfile.TemporaryDirectory() as tmp:
+                self.save_pretrained(tmp, model_name=repo_id, create_model_card=write_card,
+                                     train_datasets=train_datasets, safe_serialization=safe_serialization)
+                info = upload_folder(tmp, **push)
+        if create_pr:
+            logger.info("A pull request has been created at %s", info.pr_url)
+            return info.pr_url
+        return info.commit_url
+
     def saved_config(self) -> dict:
         """This family's ``config_sentence_transformers.json`` entries (besides ``__version__``)."""
         return {"model_type": type(self).__name__, "prompts": dict(self.prompts),

@@ -21,6 +21,7 @@ from typing import Any
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 STRATEGIES = ("no", "steps", "epoch")
+HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "adamw_hf", "adamw", "adamw_jax", "sgd", "adafactor")
 
 
@@ -108,6 +109,12 @@ class TrainingArguments:
     prompts: Any = None
     router_mapping: Any = dataclasses.field(default_factory=dict)
     learning_rate_mapping: Any = dataclasses.field(default_factory=dict)
+    # Hugging Face Hub (transformers' names and defaults; uploads run in the background: training/hub_upload.py)
+    push_to_hub: bool = False
+    hub_model_id: str | None = None  # None: the basename of output_dir, in the token's namespace
+    hub_strategy: str = "every_save"
+    hub_private_repo: bool | None = None
+    hub_token: str | None = None
     # JAX additions
     train_batch_size: int | None = None  # global batch; overrides per_device_train_batch_size when set
     mesh_shape: dict | None = None  # e.g. {"data": 8} or {"data": 4, "fsdp": 2}; default: all devices on data
@@ -199,6 +206,7 @@ class TrainingArguments:
             elif not isinstance(lb, int) or isinstance(lb, bool) or lb < 1:
                 raise ValueError(f"length_buckets must be a tuple of token lengths or a positive number of buckets to "
                                  f"fit to the data; got {lb!r}")
+        self._check_hub_arguments()
         if self.sequence_packing not in (None, True, False):
             raise ValueError(f"sequence_packing must be True, False or None (pack wherever possible), "
                              f"got {self.sequence_packing!r}")
@@ -213,6 +221,24 @@ class TrainingArguments:
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
 
+    def _check_hub_arguments(self):
+        """transformers' hub arguments, checked here so a typo fails before training, not at the first push."""
+        strategy = self.hub_strategy.value if isinstance(self.hub_strategy, enum.Enum) else self.hub_strategy
+        if strategy not in HUB_STRATEGIES:
+            raise ValueError(f"hub_strategy={strategy!r} is not supported; choose one of {HUB_STRATEGIES}")
+        self.hub_strategy = strategy
+        if not isinstance(self.push_to_hub, bool):
+            raise ValueError(f"push_to_hub must be True or False, got {self.push_to_hub!r}")
+        if self.hub_private_repo not in (None, True, False):
+            raise ValueError(f"hub_private_repo must be True, False or None (the namespace's default), "
+                             f"got {self.hub_private_repo!r}")
+        if self.hub_token is not None and (not isinstance(self.hub_token, str) or not self.hub_token):
+            raise ValueError("hub_token must be a non-empty string (a Hugging Face access token) or None")
+        repo = self.hub_model_id
+        if repo is not None and (not isinstance(repo, str) or repo.count("/") > 1
+                                 or not all(part.strip() for part in repo.split("/"))):
+            raise ValueError(f"hub_model_id must be a repo name or 'namespace/name', got {repo!r}")
+
     @property
     def compute_dtype(self):
         import jax.numpy as jnp
@@ -224,6 +250,8 @@ class TrainingArguments:
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             out[f.name] = v.value if isinstance(v, enum.Enum) else (repr(v) if callable(v) else v)
+        if out.get("hub_token") is not None:  # as transformers: never written into logs or model cards
+            out["hub_token"] = "<HUB_TOKEN>"
         return out
 
 

@@ -36,6 +36,7 @@ from stcore_jax.training.callbacks import (
 )
 from stcore_jax.training.evaluate import mean_eval_loss, run_evaluator
 from stcore_jax.training.feed import DataFeed, as_dataset_dict
+from stcore_jax.training.hub_upload import hub_callbacks
 from stcore_jax.training.logs import LogWindow
 from stcore_jax.training.mesh import make_mesh
 from stcore_jax.training.nonfinite import stop_on_nonfinite, warn_skipped
@@ -105,6 +106,7 @@ class Trainer(DataFeed, CallbackHandler):
                                                  TrainingPlotsCallback(), *task.callbacks(self)]
         for cb in callbacks or []:
             self.add_callback(cb)
+        self.callbacks += hub_callbacks(self)  # push_to_hub: background uploads on save and at the end (hub_upload.py)
         self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())
         self.control = TrainerControl()
         self.compile_count = [0]  # train-step traces (one per length bucket and loss)
