@@ -46,3 +46,10 @@ def maybe_initialize_distributed() -> bool:
     jax.distributed.initialize()
     logger.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
     return jax.process_count() > 1
+
+
+def process_major_devices() -> list:
+    """Every process's devices, process 0's first (each process's by id): a 1-D mesh over them gives each
+    process one contiguous block of a ``P(axis)``-sharded batch, so a process's share of a batch is a
+    contiguous slice of its rows (inference across processes, ``BaseModel._run_bucketed``)."""
+    return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))

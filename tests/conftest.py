@@ -61,6 +61,7 @@ SLOW_MODULES = {
     "sparse_encoder/test_sparse_evaluators.py": 50,
     "sparse_encoder/test_csr_training.py": 130, "io/test_hub_roundtrip.py": 100,
     "cli/test_multi_dataset_config.py": 60,
+    "reliability/test_multi_host_eval.py": 200,
 }
 
 

@@ -35,6 +35,49 @@ logger = logging.getLogger(__name__)
 _MAX_IN_FLIGHT = 4  # inference batches dispatched ahead of the one being fetched
 
 
+def _spans_processes(mesh: Mesh) -> bool:
+    """Whether ``mesh`` holds devices of other processes (multi-process inference)."""
+    return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
+def _local_rows(sharding: NamedSharding, n: int) -> tuple[int, int]:
+    """``(lo, hi)``: the rows of an ``[n, ...]`` batch that this process's devices hold under ``sharding``
+    (one contiguous block on a process-major 1-D mesh)."""
+    slices = [idx[0] for idx in sharding.addressable_devices_indices_map((n,)).values()]
+    lo, hi = min(s.start or 0 for s in slices), max(n if s.stop is None else s.stop for s in slices)
+    covered = sum((n if s.stop is None else s.stop) - (s.start or 0) for s in slices)
+    if covered != hi - lo:
+        raise ValueError(f"this process's devices do not hold one contiguous block of the batch: {slices}")
+    return lo, hi
+
+
+def _local_value(x):
+    """A host copy of ``x``, whose value every process holds the same: an array replicated across processes
+    is read from this process's copy, one sharded across them (fsdp) is all-gathered (collective)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _global_from_local(local, sharding: NamedSharding, global_shape=None):
+    """The global array of ``sharding`` whose rows on this process's devices come from ``local`` (this
+    process's block; the whole value when replicated)."""
+    return jax.make_array_from_process_local_data(sharding, local, local.shape if global_shape is None
+                                                  else global_shape)
+
+
+def _replicate_fn(cache: dict, mesh: Mesh):
+    """A jitted identity whose outputs are replicated on ``mesh`` (an all-gather across processes)."""
+    key = ("replicate", tuple(d.id for d in mesh.devices.flat))
+    if key not in cache:
+        cache[key] = jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, P()))
+    return cache[key]
+
+
 class BaseModel(LoraAdapterMixin):
     """The module pipeline; subclasses add what they compute from it (see the module docstring).
 
@@ -81,6 +124,7 @@ class BaseModel(LoraAdapterMixin):
         self.trace_count = 0  # incremented each time an inference forward is traced (i.e. compiled)
         self._jit_cache = {}
         self._placed = None
+        self.rows_run_here = 0  # inference rows this process ran (its share when multi-process; tests read it)
 
     # -- pipeline ------------------------------------------------------------------------------
     def __len__(self):
@@ -230,11 +274,23 @@ class BaseModel(LoraAdapterMixin):
 
     # -- bucketed inference ----------------------------------------------------------------------
     def _mesh(self):
+        """The inference mesh, one ``"data"`` axis: the local devices, or on a multi-process runtime every
+        process's devices (process-major), so that each process runs only its share of every batch."""
+        if jax.process_count() > 1:
+            from stcore_jax.distributed import process_major_devices
+
+            return Mesh(np.array(process_major_devices()), ("data",))
         return Mesh(np.array(jax.local_devices()), ("data",))
 
     def _placed_params(self, mesh):
         if self._placed is None:
-            self._placed = jax.device_put(self.params, NamedSharding(mesh, P()))
+            if _spans_processes(mesh):
+                # Every process holds the same values (host arrays, or arrays replicated over the trainer's
+                # mesh): each places its local copies (no cross-process transfer).
+                self._placed = jax.tree_util.tree_map(
+                    lambda x: _global_from_local(_local_value(x), NamedSharding(mesh, P())), self.params)
+            else:
+                self._placed = jax.device_put(self.params, NamedSharding(mesh, P()))
         return self._placed
 
     def _needs_prompt_length(self) -> bool:
@@ -252,7 +308,9 @@ class BaseModel(LoraAdapterMixin):
     def _run_bucketed(self, input_module, ids, batch_size, fn, mesh, *, extra=None, show_progress_bar=False):
         """Run ``fn(params, features)`` over tokenized inputs ``ids`` (``{"input_ids": [[...]], ...}``) in
         batches sorted by length, each padded to a length bucket and to a fixed batch (``batch_size``
-        rounded up to the local device count, sharded over them): one compilation per bucket.
+        rounded up to the mesh's device count, sharded over them): one compilation per bucket. On a mesh
+        over several processes every process must call this with the same ``ids`` (SPMD); each runs only
+        its devices' block of every batch (counted in ``rows_run_here``) and yields the whole output.
 
         ``extra``: features added to every batch (scalars, replicated). Yields ``(row indices, output)`` per
         batch, the output already copied to the host (numpy), in dispatch order.
@@ -263,17 +321,31 @@ class BaseModel(LoraAdapterMixin):
         buckets = self._inference_buckets()
         sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
         params = self._placed_params(mesh)
+        # Across processes (SPMD: every process calls this with the same inputs) each global batch is the
+        # same rows and bucket as on one process; a process pads and places only its contiguous block of
+        # rows ``lo:hi`` (its devices' shards), and the output is all-gathered so every process gets it all.
+        multi = _spans_processes(mesh)
+        lo, hi = _local_rows(sharding, bs) if multi else (0, bs)
         # Dispatch is asynchronous: keep a few batches in flight and fetch the oldest, so the host
         # pads and transfers batch k+1 while the device computes batch k, without a host sync per
         # batch and without holding every batch's output (token embeddings can be large) on device.
         in_flight = collections.deque()
         for start in tqdm(range(0, len(lengths), bs), desc="Batches", disable=not show_progress_bar):
             idx = order[start : start + bs]
-            batch_ids = {k: [v[i] for i in idx] for k, v in ids.items()}
-            feats = input_module.pad(batch_ids, bucket_for(int(lengths[idx].max()), buckets), bs)
+            mine = idx[lo:hi]
+            self.rows_run_here += len(mine)
+            batch_ids = {k: [v[i] for i in mine] for k, v in ids.items()}
+            feats = input_module.pad(batch_ids, bucket_for(int(lengths[idx].max()), buckets), hi - lo)
             feats.update(extra or {})
-            feats = {k: jax.device_put(v, sharding if np.ndim(v) else replicated) for k, v in feats.items()}
-            out = fn(params, feats)
+            if multi:
+                feats = {k: _global_from_local(np.asarray(v), sharding if np.ndim(v) else replicated,
+                                               (bs, *np.shape(v)[1:]) if np.ndim(v) else ())
+                         for k, v in feats.items()}
+                out = _replicate_fn(self._jit_cache, mesh)(fn(params, feats))
+                out = jax.tree_util.tree_map(lambda a: a.addressable_data(0), out)  # this process's full copy
+            else:
+                feats = {k: jax.device_put(v, sharding if np.ndim(v) else replicated) for k, v in feats.items()}
+                out = fn(params, feats)
             for leaf in jax.tree_util.tree_leaves(out):
                 leaf.copy_to_host_async()
             in_flight.append((idx, out))

@@ -13,16 +13,17 @@ WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
 
 
 class Worker:
-    """A ``worker.py`` process: stdout lines are read one by one; stderr goes to a file."""
+    """A ``worker.py`` process (or another ``script`` taking a config path): stdout lines are read one by one;
+    stderr goes to a file."""
 
-    def __init__(self, cfg: dict, tmp, cache_dir: str, name: str, env: dict | None = None):
+    def __init__(self, cfg: dict, tmp, cache_dir: str, name: str, env: dict | None = None, script: str = WORKER):
         self.cfg_path = os.path.join(tmp, f"{name}.json")
         json.dump(cfg, open(self.cfg_path, "w"))
         self.err_path = os.path.join(tmp, f"{name}.stderr")
         full_env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                         PYTHONUNBUFFERED="1", **(env or {}))
         full_env.pop("XLA_FLAGS", None)  # worker.py sets the device count from its config
-        self.proc = subprocess.Popen([sys.executable, WORKER, self.cfg_path], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, script, self.cfg_path], stdout=subprocess.PIPE,
                                      stderr=open(self.err_path, "w"), text=True, env=full_env)
         self.lines = []
 
