@@ -134,8 +134,9 @@ class SentenceTransformer(BaseModel):
         Returns ``[N, D]`` (numpy, or ``jax.Array`` with ``convert_to_tensor``), ``[D]`` for a single
         string; ``output_value="token_embeddings"`` gives a list of unpadded ``[Ti, H]`` arrays and
         ``None`` a list of per-input feature dicts. Inputs are sorted by length, padded to a few
-        length buckets and a fixed batch (a multiple of the local device count, sharded over them),
-        so the forward pass compiles at most once per bucket.
+        length buckets and a fixed batch (a multiple of the mesh's device count, sharded over them: all
+        processes' devices on a multi-process runtime, where every process must call ``encode`` with the same
+        inputs and runs only its block of each batch), so the forward pass compiles at most once per bucket.
         """
         unknown = sorted(set(kwargs) - set(_IGNORED_ENCODE_KWARGS))
         if unknown:  # a misspelt option (normalise_embeddings=...) must not be ignored; the reference raises too
