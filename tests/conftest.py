@@ -62,7 +62,6 @@ SLOW_MODULES = {
     "sparse_encoder/test_csr_training.py": 130, "io/test_hub_roundtrip.py": 100,
     "cli/test_multi_dataset_config.py": 60,
     "reliability/test_multi_host_eval.py": 200,
-    "training/test_compile_cache.py": 120, "reliability/test_background_save.py": 60,
 }
 
 

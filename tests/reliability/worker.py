@@ -10,7 +10,6 @@ start-up and one ``jax.distributed`` initialisation for all of them), each a dic
 the config's: ``loss`` ("mnrl" | "cached_mnrl"), ``gather`` (``gather_across_devices``), ``optimizer``
 ("sgd" with ``lr``: plain SGD, so an update is ``-lr * gradient``), ``snapshot_step1`` (also dump the
 parameters before and after step 1), ``mutate`` (see :func:`mutated`), ``out_dir``, ``dump``, ``max_steps``.
-Optional everywhere: ``save_steps`` (default 4), ``save_total_limit`` (default none).
 """
 
 import contextlib
@@ -120,8 +119,7 @@ def train_one(cfg, data):
         output_dir=cfg["out_dir"], max_steps=cfg.get("max_steps", 10), per_device_train_batch_size=2,
         warmup_ratio=0.1, save_steps=cfg.get("save_steps", 4), logging_steps=1,
         disable_tqdm=True, save_final_model=cfg.get("save_final_model", False), seed=7, length_buckets=(32,),
-        mesh_shape=cfg.get("mesh_shape"), fsdp_min_size=cfg.get("fsdp_min_size", 2**14),
-        save_total_limit=cfg.get("save_total_limit"))
+        mesh_shape=cfg.get("mesh_shape"), fsdp_min_size=cfg.get("fsdp_min_size", 2**14))
     optimizers = (optax.sgd(cfg["lr"]), None) if cfg.get("optimizer") == "sgd" else (None, None)
     snapshot = SnapshotStep1() if cfg.get("snapshot_step1") else None
     p0 = flat_params(model.params) if snapshot else None
