@@ -2,8 +2,10 @@
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,8 +15,9 @@ WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
 
 
 class Worker:
-    """A ``worker.py`` process (or another ``script`` taking a config path): stdout lines are read one by one;
-    stderr goes to a file."""
+    """A ``worker.py`` process (or another ``script`` taking a config path): stdout lines are read one by one
+    by a reader thread (so a worker that goes silent fails :meth:`wait_for` at its timeout instead of blocking
+    the test forever); stderr goes to a file."""
 
     def __init__(self, cfg: dict, tmp, cache_dir: str, name: str, env: dict | None = None, script: str = WORKER):
         self.cfg_path = os.path.join(tmp, f"{name}.json")
@@ -26,6 +29,13 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, script, self.cfg_path], stdout=subprocess.PIPE,
                                      stderr=open(self.err_path, "w"), text=True, env=full_env)
         self.lines = []
+        self._queue = queue.Queue()  # stdout lines, then None at EOF
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip())
+        self._queue.put(None)
 
     def stderr(self) -> str:
         return open(self.err_path).read()
@@ -33,19 +43,31 @@ class Worker:
     def wait_for(self, prefix: str, timeout: float = 300) -> str:
         """Read stdout until a line starts with ``prefix``; fail (with stderr) if the process ends first."""
         deadline = time.monotonic() + timeout
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            if line.startswith(prefix):
-                return line.rstrip()
-            if time.monotonic() > deadline:
+        why = f"within {timeout:.0f} s"
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
                 break
+            if line is None:
+                why = "before it ended"
+                break
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
         self.proc.kill()
-        pytest.fail(f"worker never printed {prefix!r}; stdout: {self.lines[-5:]}\nstderr: {self.stderr()[-3000:]}")
+        pytest.fail(f"worker never printed {prefix!r} {why}; stdout: {self.lines[-5:]}\n"
+                    f"stderr: {self.stderr()[-3000:]}")
 
     def finish(self, timeout: float = 300) -> int:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self.lines += out.splitlines()
-        return self.proc.returncode
+        try:
+            returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        while (line := self._queue.get(timeout=60)) is not None:  # the reader drains stdout to EOF
+            self.lines.append(line)
+        return returncode
 
 
 def load_dump(prefix: str, process: int = 0, which: str = "") -> dict:
