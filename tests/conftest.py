@@ -52,7 +52,7 @@ SLOW_MODULES = {
     "reliability/test_multi_process.py": 327, "reliability/test_crash_and_preemption.py": 223,
     "training/test_trainer.py": 217, "examples/test_examples.py": 213,
     "training/test_reference_trainer_parity.py": 190, "evaluation/test_evaluator_parity.py": 170,
-    "losses/test_cached.py": 168, "cross_encoder/test_ce_trainer.py": 150, "cli/test_quickstart.py": 148,
+    "losses/test_cached.py": 168, "cross_encoder/test_ce_trainer.py": 150,
     "models/test_packing.py": 132, "training/test_trainer_equalities.py": 112,
     "examples/test_cross_encoder_examples.py": 102, "training/test_resume.py": 94,
     "training/test_loss_training.py": 94, "sparse_encoder/test_sparse_trainer.py": 90,
@@ -62,6 +62,7 @@ SLOW_MODULES = {
     "sparse_encoder/test_csr_training.py": 130, "io/test_hub_roundtrip.py": 100,
     "cli/test_multi_dataset_config.py": 60,
     "reliability/test_multi_host_eval.py": 200,
+    "training/test_compile_cache.py": 120,
 }
 
 

@@ -26,6 +26,10 @@ def train(args) -> int:
     from stcore_jax.config import build
 
     cfg, mesh_shape = _config_and_mesh(args.config, args.overrides)  # every config error surfaces here
+    from stcore_jax.compile_cache import enable_compilation_cache
+
+    # before the model loads and encodes: programs compiled before the cache is set are not written to it
+    enable_compilation_cache(cfg.arguments.compilation_cache_dir)
     if cfg.data.train is None:
         from stcore_jax.config import ConfigError
 

@@ -47,6 +47,7 @@ def run(args) -> int:
     import numpy as np
 
     from stcore_jax import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from stcore_jax.compile_cache import enable_compilation_cache
     from stcore_jax.config.build import resolve_model_name
     from stcore_jax.evaluation import EmbeddingSimilarityEvaluator
     from stcore_jax.losses import CoSENTLoss
@@ -54,8 +55,9 @@ def run(args) -> int:
     from stcore_jax.sentence_transformer.model_card import SentenceTransformerModelCardData, guess_base_model
 
     t_start = time.perf_counter()
+    cache = enable_compilation_cache()  # ~/.cache/stcore_jax/xla: a second quickstart compiles (almost) nothing
     n_dev = jax.device_count()
-    _say(f"stcore_jax quickstart: {n_dev} {jax.devices()[0].platform} device(s)")
+    _say(f"stcore_jax quickstart: {n_dev} {jax.devices()[0].platform} device(s); compilation cache: {cache or 'off'}")
     path = resolve_model_name(args.model)
     model = SentenceTransformer(path)
     model.max_seq_length = args.max_seq_length

@@ -123,6 +123,10 @@ class TrainingArguments:
     sequence_packing: bool | None = None  # several sentences per encoder row; None: wherever the model and loss allow
     nonfinite_policy: str = "skip"  # "skip" the update and count it, or "stop"
     save_final_model: bool = True  # export output_dir/final in sentence-transformers format at the end
+    # persistent XLA compilation cache (stcore_jax/compile_cache.py): None: $STCORE_JAX_COMPILATION_CACHE or
+    # ~/.cache/stcore_jax/xla; a directory; or "off". A JAX_COMPILATION_CACHE_DIR the user set always wins.
+    compilation_cache_dir: str | None = None
+    aot_compile: bool = True  # compile the epoch's step shapes in a background thread while the first steps run
 
     def __post_init__(self):
         if self.output_dir is None:

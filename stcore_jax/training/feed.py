@@ -212,6 +212,31 @@ class DataFeed:
                                 args.gradient_accumulation_steps, args.dataloader_drop_last, args.max_steps)
         return self._plan_steps(epoch, resume_at or 0)
 
+    def _planned_inputs(self, epoch: int, skip: int, limit: int):
+        """Per step of the next ``limit`` steps of ``epoch`` (from batch ``skip`` on), in the loop's order: the
+        step's ``(dataset name, abstract device batch)`` (ShapeDtypeStructs on the batch sharding), or ``None``
+        where an unpacked step repeats an earlier step's (dataset, length bucket) (nothing collated). What
+        :class:`~stcore_jax.compile_cache.BackgroundCompiler` compiles ahead; one process only (the batch
+        shapes here are the whole batch's)."""
+        import itertools
+
+        from stcore_jax.training.sharding import batch_sharding
+
+        accum = self.args.gradient_accumulation_steps
+        sharding = batch_sharding(self.mesh, leading_accum=accum > 1)
+        seen = set()
+        for name, ds, rows, *_ in itertools.islice(self._plan_steps(epoch, skip), limit):
+            if not (self.packing and ds is self.train_prepared.get(name)):  # packed shapes: the task's, collated
+                key = (name, len(rows), max(bucket_for(self.task.longest(ds, r), self.buckets) for r in rows))
+                if key in seen:
+                    yield None
+                    continue
+                seen.add(key)
+            host = self._collate_step(name, rows, self.global_batch, ds)
+            yield name, jax.tree_util.tree_map(
+                lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(np.asarray(x).dtype),
+                                               sharding=sharding), host)
+
     def _plan_steps(self, epoch, skip):
         """Map-style data: the steps of ``epoch`` from batch ``skip`` on (:func:`plan_steps`)."""
         accum = self.args.gradient_accumulation_steps

@@ -11,6 +11,8 @@ what the model computes, what a row holds or what the loss is.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -20,10 +22,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from stcore_jax.batching.buckets import bucket_for
+from stcore_jax.compile_cache import BackgroundCompiler, enable_compilation_cache
 from stcore_jax.distributed import maybe_initialize_distributed
 from stcore_jax.training import checkpoint as ckpt
 from stcore_jax.training.arguments import TrainingArguments
@@ -58,6 +62,18 @@ def _abstract(state):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+def _detached(obj):
+    """A shallow copy of a model or module whose modules (nested too: a Router's) are copies, so that setting its
+    ``params`` leaves ``obj`` alone (a module holds its own parameters)."""
+    out = copy.copy(obj)
+    mods = getattr(obj, "modules", None)
+    if isinstance(mods, list):
+        out.modules = [_detached(m) for m in mods]
+    elif isinstance(mods, dict):
+        out.modules = {k: _detached(m) for k, m in mods.items()}
+    return out
+
+
 class Trainer(DataFeed, CallbackHandler):
     """Train ``task.model`` (a family's :class:`~stcore_jax.training.task.Task`) under ``args``; the other
     arguments are those of the sentence-transformers trainers."""
@@ -65,6 +81,7 @@ class Trainer(DataFeed, CallbackHandler):
     def __init__(self, task: Task, args: TrainingArguments, train_dataset=None, eval_dataset=None, loss=None,
                  evaluator=None, callbacks=None, optimizers=(None, None)):
         maybe_initialize_distributed()
+        enable_compilation_cache(args.compilation_cache_dir)  # compile_cache.py: a second run compiles nothing
         self.task, self.model, self.args, self.optimizers = task, task.model, args, optimizers
         # -- data and losses (checked before anything is prepared) ------------------------------
         self.train_data, self.train_is_dict = as_dataset_dict(train_dataset, "train", allow_streams=True)
@@ -110,7 +127,8 @@ class Trainer(DataFeed, CallbackHandler):
         self.state = TrainerState(is_world_process_zero=self.is_world_process_zero())
         self.control = TrainerControl()
         self.compile_count = [0]  # train-step traces (one per length bucket and loss)
-        self.compile_seconds = 0.0  # wall time of the train-step calls that compiled
+        self.compile_seconds = 0.0  # wall time of the train-step calls that compiled, or waited for a compilation
+        self._aot = None  # the background compiler of the run's step shapes (compile_cache.py)
         self.skipped_steps = 0
         self._train_state = None
         self._fire("on_init_end")
@@ -243,8 +261,25 @@ class Trainer(DataFeed, CallbackHandler):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train; on SIGTERM/SIGINT finish the step, write a checkpoint and raise ``TrainingInterrupted``."""
         self.state.last_save_step = None
+        self._pending_save = None  # (PendingSave, epoch): a checkpoint being written in the background
         with PreemptionGuard() as self._preemption:
-            return self._train(resume_from_checkpoint)
+            try:
+                return self._train(resume_from_checkpoint)
+            finally:
+                self._drain_save()  # leaving with an error: the checkpoint in flight (a good step's) completes
+                if self._aot is not None:  # ended, interrupted or failed: no compile thread outlives train()
+                    self._aot.close()
+
+    def _start_aot(self, step_fns, state, epoch, skip, steps):
+        """``aot_compile``: compile the train step for every (loss, batch shape) of the next ``steps`` steps of
+        ``epoch`` in a background thread (compile_cache.BackgroundCompiler) while the first steps run. Map-style
+        data on one process only; else None (each new shape compiles at its first step)."""
+        if not self.args.aot_compile or self.streaming or jax.process_count() > 1 or steps <= 0:
+            return None
+        self.epoch_plan(epoch)  # computed here, once, not by both threads
+        jobs = (None if job is None else (step_fns[job[0]], job[1])
+                for job in self._planned_inputs(epoch, skip or 0, steps))
+        return BackgroundCompiler(state, jobs)
 
     def _train(self, resume_from_checkpoint):
         args, st = self.args, self.state
@@ -271,6 +306,8 @@ class Trainer(DataFeed, CallbackHandler):
             os.makedirs(args.output_dir, exist_ok=True)
         ckpt.clean_partials(args.output_dir)  # every process: it ends with a barrier
         self._train_state = state
+        first_step = st.global_step
+        self._aot = self._start_aot(step_fns, state, start_epoch, resume_at, total - first_step)
         st.max_steps, st.num_train_epochs = total, num_epochs
         self._fire("on_train_begin")
         if args.eval_on_start and st.global_step == 0:
@@ -290,10 +327,14 @@ class Trainer(DataFeed, CallbackHandler):
                 batch = self._collate_step(name, rows, self.global_batch, ds)
                 window.count(sum(len(r) for r in rows), self.task.count_tokens(batch))
                 self._fire("on_step_begin")
+                inputs = self._to_device(batch, leading_accum=accum > 1, local=True)
+                step_fn, waited = (step_fns[name], 0.0) if self._aot is None else \
+                    self._aot.executable(step_fns[name], inputs, st.global_step - first_step)
                 traced, t_call = self.compile_count[0], time.perf_counter()
-                state, metrics = step_fns[name](state, self._to_device(batch, leading_accum=accum > 1, local=True))
-                if self.compile_count[0] != traced:  # a new length bucket: this call traced and compiled
+                state, metrics = step_fn(state, inputs)
+                if step_fn is step_fns[name] and self.compile_count[0] != traced:  # a new shape: traced and compiled
                     self.compile_seconds += time.perf_counter() - t_call
+                self.compile_seconds += waited  # for the background compilation of this shape
                 st.global_step += 1
                 st.epoch = progress
                 self._train_state = state
@@ -312,6 +353,7 @@ class Trainer(DataFeed, CallbackHandler):
                     self._log_window(window, bar)
                 if (eval_every and gs % eval_every == 0) or self.control.should_evaluate:
                     self._evaluate_now(state)
+                self._finish_save(block=False)  # a background save that completed: rotation, on_save
                 if (save_every and gs % save_every == 0) or self.control.should_save:
                     self._save(state)
                 self.control.should_log = self.control.should_evaluate = self.control.should_save = False
@@ -332,6 +374,7 @@ class Trainer(DataFeed, CallbackHandler):
         bar.close()
         if window:
             self._log_window(window, None)
+        self._finish_save()  # the last checkpoint complete (and the best one on disk) before anything reads it
         if args.load_best_model_at_end and st.best_model_checkpoint:
             state, _ = ckpt.restore_checkpoint(st.best_model_checkpoint, _abstract(state))
             logger.info("Loaded best model from %s (%s=%s)", st.best_model_checkpoint, args.metric_for_best_model,
@@ -371,6 +414,7 @@ class Trainer(DataFeed, CallbackHandler):
             self._log_window(window, None)
         if self.state.last_save_step != gs:
             self._save(state)
+        self._finish_save()  # the message below promises a complete checkpoint
         path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{gs}")
         guard.handled = True
         msg = interrupted_message(guard.signum, gs, path)
@@ -447,19 +491,73 @@ class Trainer(DataFeed, CallbackHandler):
 
     # -- saving --------------------------------------------------------------------------------
     def _save(self, state):
-        self._set_model(state)  # the export inside the checkpoint
+        """Checkpoint ``state``: in a background thread on one process without per-save Hub pushes (training goes
+        on while it is written; training/checkpoint.py), else in the foreground. Rotation and ``on_save`` follow
+        its completion."""
+        self._finish_save()  # one save in flight: the previous one completes (or raises) first
+        self._set_model(state)  # the live model as saved (and, in the foreground, the export inside the checkpoint)
         st, step = self.state, self.state.global_step
         path = os.path.join(self.args.output_dir, f"{ckpt.PREFIX}{step}")
         if st.pending_best and st.last_eval_step == step:
             st.best_model_checkpoint = path
             st.pending_best = False
         saved = st.to_json(data_seed=self._data_seed(), global_batch=self.global_batch, streaming=self.streaming)
+        # push_to_hub pushes each checkpoint from on_save (hub_upload.py), which a background write would delay by
+        # the write's duration: those saves stay in the foreground, so each push starts at its step.
+        if ckpt.background_saves() and not (self.args.push_to_hub and self.args.hub_strategy != "end"):
+            self._pending_save = (ckpt.start_checkpoint(self.args.output_dir, step, state, saved,
+                                                        export=self._export_snapshot(state)), st.epoch)
+            st.last_save_step = step
+            return
         ckpt.save_checkpoint(self.args.output_dir, step, state, saved,
                              export=lambda d: self.task.save(d, create_model_card=False))
         st.last_save_step = step
-        keep = st.best_model_checkpoint if self.args.load_best_model_at_end else None
+        self._after_save(step, st.epoch)
+
+    def _after_save(self, step: int, epoch: float):
+        """A checkpoint is complete: rotate (``save_total_limit``; never the best one), then ``on_save``, which
+        sees the state as at the saved step (a background write completes some steps later)."""
+        keep = self.state.best_model_checkpoint if self.args.load_best_model_at_end else None
         ckpt.rotate_checkpoints(self.args.output_dir, self.args.save_total_limit, keep)
-        self._fire("on_save")
+        live = self.state
+        if live.global_step != step:
+            self.state = dataclasses.replace(live, global_step=step, epoch=epoch)
+        try:
+            self._fire("on_save")
+        finally:
+            self.state = live
+
+    def _finish_save(self, block: bool = True):
+        """Complete the background save in flight, if any (``block=False``: only if its write has ended);
+        a failed write raises ``CheckpointWriteError`` here."""
+        pending = getattr(self, "_pending_save", None)
+        if pending is None or (not block and not pending[0].done()):
+            return
+        self._pending_save = None
+        pending[0].wait()
+        self._after_save(pending[0].step, pending[1])
+
+    def _drain_save(self):
+        """train() is ending with an error: let the write in flight complete (logged, not raised, if it fails)."""
+        pending = getattr(self, "_pending_save", None)
+        self._pending_save = None
+        if pending is not None:
+            try:
+                pending[0].wait()
+            except ckpt.CheckpointWriteError as e:
+                logger.error("%s", e)
+
+    def _export_snapshot(self, state):
+        """``export(directory)`` writing the model as ``state`` holds it now, safe in a thread while training goes
+        on: host copies of the parameters (and model state), on a copy of the task whose model's modules are
+        copies (the live modules get every step's parameters; the next step donates ``state``'s buffers)."""
+        host = lambda tree: jax.tree_util.tree_map(np.array, jax.device_get(tree))  # noqa: E731  np.array copies
+        task = copy.copy(self.task)
+        task.model = _detached(self.model)
+        task.model.params = host(self._model_params(state))
+        if "model_state" in state:
+            task.set_model_state(host(gather_to_host(state["model_state"])))
+        return lambda d: task.save(d, create_model_card=False)
 
     def save_model(self, output_dir=None):
         if self.is_world_process_zero():

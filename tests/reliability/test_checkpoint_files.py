@@ -92,3 +92,19 @@ def test_export_failing_midway_leaves_no_model_and_keeps_the_old_one(model, tmp_
     assert os.listdir(tmp_path) == ["final"] and sorted(os.listdir(target)) == before  # the old export, intact
     assert SentenceTransformer(str(target)).get_embedding_dimension() == 32
     shutil.rmtree(target)
+
+
+def test_a_failed_background_write_raises_at_the_wait_and_leaves_no_checkpoint(tmp_path):
+    import jax.numpy as jnp
+
+    out = str(tmp_path)
+
+    def export(directory):
+        raise OSError("disk full")
+
+    pending = ckpt.start_checkpoint(out, 3, {"w": jnp.arange(4.0)}, {"global_step": 3}, export=export)
+    with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint-3 \(step 3\).*OSError: disk full"):
+        pending.wait()
+    assert ckpt.list_checkpoints(out) == [] and "checkpoint-3" not in os.listdir(out), os.listdir(out)
+    ckpt.clean_partials(out)  # the next start removes the leftovers (the partial, orbax's staged state)
+    assert os.listdir(out) == []

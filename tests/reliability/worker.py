@@ -10,6 +10,7 @@ start-up and one ``jax.distributed`` initialisation for all of them), each a dic
 the config's: ``loss`` ("mnrl" | "cached_mnrl"), ``gather`` (``gather_across_devices``), ``optimizer``
 ("sgd" with ``lr``: plain SGD, so an update is ``-lr * gradient``), ``snapshot_step1`` (also dump the
 parameters before and after step 1), ``mutate`` (see :func:`mutated`), ``out_dir``, ``dump``, ``max_steps``.
+Optional everywhere: ``save_steps`` (default 4), ``save_total_limit`` (default none).
 """
 
 import contextlib
@@ -61,7 +62,8 @@ from stcore_jax.util import read_sts  # noqa: E402
 
 class Announce(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
-        print(f"STEP {state.global_step}", flush=True)
+        sys.stdout.write(f"STEP {state.global_step}\n")  # one write: checkpoint.py's thread prints too
+        sys.stdout.flush()
         if CFG.get("step_sleep"):
             time.sleep(CFG["step_sleep"])  # widen the window in which a signal lands mid-run
         if CFG.get("hold_at_step") == state.global_step:
@@ -119,7 +121,8 @@ def train_one(cfg, data):
         output_dir=cfg["out_dir"], max_steps=cfg.get("max_steps", 10), per_device_train_batch_size=2,
         warmup_ratio=0.1, save_steps=cfg.get("save_steps", 4), logging_steps=1,
         disable_tqdm=True, save_final_model=cfg.get("save_final_model", False), seed=7, length_buckets=(32,),
-        mesh_shape=cfg.get("mesh_shape"), fsdp_min_size=cfg.get("fsdp_min_size", 2**14))
+        mesh_shape=cfg.get("mesh_shape"), fsdp_min_size=cfg.get("fsdp_min_size", 2**14),
+        save_total_limit=cfg.get("save_total_limit"))
     optimizers = (optax.sgd(cfg["lr"]), None) if cfg.get("optimizer") == "sgd" else (None, None)
     snapshot = SnapshotStep1() if cfg.get("snapshot_step1") else None
     p0 = flat_params(model.params) if snapshot else None
