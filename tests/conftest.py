@@ -33,7 +33,10 @@ def pytest_configure(config):
     ``JAX_COMPILATION_CACHE_DIR`` is used as given."""
     if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._stcore_jax_cache = tempfile.mkdtemp(prefix="stcore-jax-xla-")
-        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+        # every program, however quick to compile: the tiny models' programs take 0.05-0.3 s each and recur in
+        # every test that builds a model (new jitted functions, the same HLO), e.g. ~590 compiles of 0.16 s on average
+        # in cross_encoder/test_ce_trainer.py; a cache write or load costs milliseconds
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         # datasets caches what load_dataset reads from a local directory under the directory's *name*, not its
         # content: a test table rebuilt with other rows under the same name would be served from an earlier
         # run's cache. Each run gets its own (set before any worker imports datasets).
