@@ -57,7 +57,7 @@ SLOW_MODULES = {
     "training/test_reference_trainer_parity.py": 190, "evaluation/test_evaluator_parity.py": 170,
     "losses/test_cached.py": 168, "cross_encoder/test_ce_trainer.py": 150,
     "models/test_packing.py": 132, "training/test_trainer_equalities.py": 112,
-    "examples/test_cross_encoder_examples.py": 102, "training/test_resume.py": 94,
+    "examples/test_cross_encoder_examples.py": 102,
     "training/test_loss_training.py": 94, "sparse_encoder/test_sparse_trainer.py": 90,
     "cross_encoder/test_model.py": 80, "models/test_encode_api.py": 70, "training/test_fsdp.py": 66,
     "examples/test_sparse_encoder_examples.py": 90, "cli/test_sparse_encoder_config.py": 60,
