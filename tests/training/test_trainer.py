@@ -54,7 +54,10 @@ def test_multi_dataset_composition(kind, tiny_bert_dir, stsb_train, tmp_path):
     data = _two_datasets(stsb_train)
     losses = {"sts": CoSENTLoss(model), "pairs": MultipleNegativesRankingLoss(model)}
     rec = Recorder()
-    args = _args(tmp_path, per_device_train_batch_size=1, multi_dataset_batch_sampler=kind)  # global batch 8
+    # global batch 8. A constant learning rate: a decaying one bakes the run length (6 vs 8 steps) into the
+    # step, so the two samplers would compile the same two steps twice; with it the second run loads them
+    # from the run's XLA compilation cache (tests/conftest.py).
+    args = _args(tmp_path, per_device_train_batch_size=1, multi_dataset_batch_sampler=kind, lr_scheduler_type="constant")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=losses, callbacks=[rec])
     trainer.train()
     names = [n for n, _ in rec.batches]
@@ -105,11 +108,45 @@ def test_round_robin_with_gradient_accumulation_trains(tiny_bert_dir, stsb_train
         assert len(rows) == 2 and all(0 <= r < len(data[name]) for mb in rows for r in mb)
 
 
-def test_logs_and_final_export(tiny_bert_dir, pairs, tmp_path):
+PROBE = ["a small probe sentence"]
+
+
+@pytest.fixture(scope="module")
+def cosent_run(tiny_bert_dir, stsb_train, tmp_path_factory):
+    """One CoSENT run on 128 STS-B pairs, padded (no packing: the length buckets are what it checks), global
+    batch 16, 4 steps, logging every 2, a final export and an eval set, shared by the logging/export,
+    bucket-compile, evaluate and callback tests: they check different facts of one training run, which
+    compiled the same train step four times when each test trained its own. One row in 8 is twice as
+    long, so that batches land in different length buckets. A callback encodes a probe after every step;
+    the logs are read right after training, before any test's ``evaluate()`` appends to them."""
+    s1, s2, sc = stsb_train
+    pairs = Dataset.from_dict({"sentence1": s1[:128], "sentence2": s2[:128], "score": [x / 5 for x in sc[:128]]})
+    longer = pairs.map(lambda r, i: {"sentence1": r["sentence1"] + " " + r["sentence2"] if i % 8 == 0 else r["sentence1"]},
+                       with_indices=True)
     model = SentenceTransformer(tiny_bert_dir)
-    args = _args(tmp_path, max_steps=4, logging_steps=2, save_final_model=True)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=CoSENTLoss(model)).train()
+    loss = CoSENTLoss(model)
+    before = model.encode(PROBE)
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            seen.append(model.encode(PROBE))
+
+    args = _args(tmp_path_factory.mktemp("cosent_run"), per_device_train_batch_size=2, max_steps=4, logging_steps=2,
+                 save_final_model=True, learning_rate=1e-3, sequence_packing=False)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=longer,
+                                         eval_dataset=pairs.select(range(32)), loss=loss, callbacks=[Probe()])
+    # the padded length of every step the run takes (its first max_steps batches)
+    used = {trainer._collate_step(name, [rows], trainer.global_batch)["columns"][0]["input_ids"].shape[1]
+            for name, rows in trainer.epoch_plan(0)[:args.max_steps]}
+    trainer.train()
     rows = [json.loads(line) for line in open(os.path.join(args.output_dir, "logs.jsonl"))]
+    return {"model": model, "loss": loss, "trainer": trainer, "args": args, "rows": rows, "before": before,
+            "seen": seen, "used": used}
+
+
+def test_logs_and_final_export(cosent_run):
+    model, args, rows = cosent_run["model"], cosent_run["args"], cosent_run["rows"]
     assert [r["step"] for r in rows] == [2, 4]
     assert {"loss", "grad_norm", "learning_rate", "epoch", "samples_per_second", "tokens_per_second"} <= set(rows[0])
     exported = SentenceTransformer(os.path.join(args.output_dir, "final"))
@@ -155,17 +192,9 @@ def test_gradient_clipping_matches_torch(scale, max_norm):
         np.testing.assert_allclose(np.asarray(ours[k]), p.grad.numpy(), rtol=2e-6, atol=0)
 
 
-def test_compiles_once_per_length_bucket_in_use(tiny_bert_dir, pairs, tmp_path):
-    model = SentenceTransformer(tiny_bert_dir)
-    args = _args(tmp_path, per_device_train_batch_size=2, logging_steps=3, sequence_packing=False)
-    # one row in 16 twice as long, so that batches land in different length buckets
-    longer = pairs.map(lambda r, i: {"sentence1": r["sentence1"] + " " + r["sentence2"] if i % 16 == 0 else r["sentence1"]},
-                       with_indices=True)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=longer, loss=CoSENTLoss(model))
-    used = {trainer._collate_step(name, [rows], trainer.global_batch)["columns"][0]["input_ids"].shape[1]
-            for name, rows in trainer.epoch_plan(0)}
-    assert len(used) >= 2  # the epoch really spans several buckets
-    trainer.train()
+def test_compiles_once_per_length_bucket_in_use(cosent_run):
+    trainer, used = cosent_run["trainer"], cosent_run["used"]
+    assert len(used) >= 2  # the run really spans several buckets
     assert trainer.compile_count[0] == len(used)
     assert trainer.compile_seconds > 0  # the compiling calls were timed (bench/train.py reports them)
 
@@ -204,12 +233,8 @@ def test_length_buckets_fitted_to_the_batches(tiny_bert_dir, stsb_train, tmp_pat
     assert make(length_buckets=(16, 128)).buckets == (16, 128)
 
 
-def test_evaluate_reuses_its_compiled_step(tiny_bert_dir, pairs, tmp_path):
-    model = SentenceTransformer(tiny_bert_dir)
-    loss = CoSENTLoss(model)
-    trainer = SentenceTransformerTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=pairs,
-                                         eval_dataset=pairs.select(range(32)), loss=loss)
-    trainer.train()
+def test_evaluate_reuses_its_compiled_step(cosent_run):
+    trainer, loss = cosent_run["trainer"], cosent_run["loss"]
     first = trainer.evaluate()
     fn = trainer._eval_step_fn(loss)
     compiled = fn._cache_size()
@@ -219,21 +244,11 @@ def test_evaluate_reuses_its_compiled_step(tiny_bert_dir, pairs, tmp_path):
     assert second["eval_loss"] == first["eval_loss"]
 
 
-def test_callbacks_can_encode_with_the_current_weights(tiny_bert_dir, pairs, tmp_path):
+def test_callbacks_can_encode_with_the_current_weights(cosent_run):
     """A callback calling ``model.encode`` between steps (a common custom-evaluation pattern) gets the
     weights of the step just taken, not donated (deleted) buffers or the weights from before training."""
-    model = SentenceTransformer(tiny_bert_dir)
-    before = model.encode(["a small probe sentence"])
-    seen = []
-
-    class Probe(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            seen.append(model.encode(["a small probe sentence"]))
-
-    args = _args(tmp_path, max_steps=3, learning_rate=1e-3)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=CoSENTLoss(model),
-                               callbacks=[Probe()]).train()
-    assert len(seen) == 3
+    model, before, seen = cosent_run["model"], cosent_run["before"], cosent_run["seen"]
+    assert len(seen) == cosent_run["args"].max_steps == 4
     assert not np.allclose(seen[0], before)  # step 1's weights, not the initial ones
     assert not np.allclose(seen[1], seen[0]) and not np.allclose(seen[2], seen[1])
-    np.testing.assert_allclose(seen[-1], model.encode(["a small probe sentence"]), atol=1e-6)
+    np.testing.assert_allclose(seen[-1], model.encode(PROBE), atol=1e-6)
